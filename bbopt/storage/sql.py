@@ -1,0 +1,346 @@
+"""Study store on SQLAlchemy: SQLite by default, any SQLAlchemy URL (PostgreSQL, ...).
+
+Every change to a study happens inside one transaction that holds the study's write
+lock (SQLite: ``BEGIN IMMEDIATE``; other databases: ``SELECT ... FOR UPDATE`` on the
+study row). Asking reads the history, lets the optimizer propose and inserts the new
+pending trials under that lock, so two processes on one database never hand out the
+same trial, and a told value is committed before ``tell`` returns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+
+from bbopt.errors import StorageError, StudyError, TrialError
+from bbopt.trial import Trial, TrialState
+
+metadata = sa.MetaData()
+
+studies_table = sa.Table(
+    "bbopt_studies",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(255), nullable=False, unique=True),
+    sa.Column("space", sa.Text, nullable=False),  # JSON, Space.to_dict()
+    sa.Column("direction", sa.String(16), nullable=False),
+    sa.Column("method", sa.String(64), nullable=False),
+    sa.Column("options", sa.Text, nullable=False),  # JSON, optimizer options
+    sa.Column("seed", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
+trials_table = sa.Table(
+    "bbopt_trials",
+    metadata,
+    sa.Column("pk", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("study_id", sa.Integer, sa.ForeignKey("bbopt_studies.id"), nullable=False),
+    sa.Column("number", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("params", sa.Text, nullable=False),  # JSON
+    sa.Column("value", sa.Float, nullable=True),
+    sa.Column("info", sa.Text, nullable=False),  # JSON
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("finished_at", sa.DateTime, nullable=True),
+    sa.UniqueConstraint("study_id", "number", name="uq_bbopt_trial_number"),
+)
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """What the store keeps about a study besides its trials."""
+
+    id: int
+    name: str
+    space: dict[str, Any]
+    direction: str
+    method: str
+    options: dict[str, Any]
+    seed: int
+    created_at: datetime
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _sqlite_file(url: sa.URL) -> Path | None:
+    if url.get_backend_name() != "sqlite":
+        return None
+    db = url.database
+    if not db or db == ":memory:" or db.startswith("file:"):
+        return None
+    return Path(db)
+
+
+class SQLStorage:
+    """One database holding any number of studies.
+
+    ``url`` is an SQLAlchemy URL: ``sqlite:///path.db`` (created if missing unless
+    ``create=False``), ``sqlite://`` (in memory, this process only) or
+    ``postgresql+psycopg2://user:pass@host/db``.
+    """
+
+    def __init__(self, url: str = "sqlite://", *, create: bool = True) -> None:
+        try:
+            parsed = sa.make_url(url)
+        except sa.exc.ArgumentError:
+            raise StorageError(f"not a database URL: {url!r} (try sqlite:///study.db)") from None
+        self.url = url
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        path = _sqlite_file(parsed)
+        if path is not None:
+            if not create and not path.exists():
+                raise StorageError(f"database file {str(path)!r} does not exist")
+            if not path.parent.exists():
+                raise StorageError(f"folder {str(path.parent)!r} for the database does not exist")
+        self._lock = threading.RLock()  # one in-process writer at a time (in-memory SQLite)
+        self.engine = self._make_engine(parsed)
+        try:
+            metadata.create_all(self.engine)
+        except SQLAlchemyError as e:
+            raise StorageError(f"cannot open database {self._safe_url()}: {e.orig or e}") from None
+
+    def _safe_url(self) -> str:
+        return sa.make_url(self.url).render_as_string(hide_password=True)
+
+    def _make_engine(self, url: sa.URL) -> Engine:
+        if not self.is_sqlite:
+            try:
+                return sa.create_engine(url, pool_pre_ping=True)
+            except (ImportError, SQLAlchemyError) as e:
+                raise StorageError(f"cannot use database {self._safe_url()}: {e}") from None
+        kwargs: dict[str, Any] = {"connect_args": {"timeout": 60, "check_same_thread": False}}
+        if _sqlite_file(url) is None:  # in memory: every connection must be the same one
+            kwargs["poolclass"] = sa.pool.StaticPool
+        engine = sa.create_engine(url, **kwargs)
+
+        @sa.event.listens_for(engine, "connect")
+        def _connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
+            cur = dbapi_conn.cursor()
+            if _sqlite_file(url) is not None:
+                cur.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # take the write lock up front
+
+        return engine
+
+    # -- transactions -----------------------------------------------------------
+    @contextmanager
+    def _transaction(self, study_id: int | None = None) -> Iterator[Connection]:
+        """A write transaction; with ``study_id``, it holds that study's lock."""
+        with self._lock:
+            try:
+                with self.engine.begin() as conn:
+                    if study_id is not None and not self.is_sqlite:
+                        conn.execute(
+                            sa.select(studies_table.c.id)
+                            .where(studies_table.c.id == study_id)
+                            .with_for_update()
+                        )
+                    yield conn
+            except OperationalError as e:
+                raise StorageError(f"database error on {self._safe_url()}: {e.orig}") from None
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._lock:
+            try:
+                with self.engine.connect() as conn:
+                    yield conn
+            except OperationalError as e:
+                raise StorageError(f"database error on {self._safe_url()}: {e.orig}") from None
+
+    # -- studies ------------------------------------------------------------------
+    def create_study(
+        self,
+        name: str,
+        space: dict[str, Any],
+        direction: str,
+        method: str,
+        options: dict[str, Any],
+        seed: int,
+    ) -> StudyRecord:
+        """Create a study; raise StudyError if the name is taken."""
+        row = {
+            "name": name,
+            "space": json.dumps(space),
+            "direction": direction,
+            "method": method,
+            "options": json.dumps(options),
+            "seed": seed,
+            "created_at": _now(),
+        }
+        try:
+            with self._transaction() as conn:
+                conn.execute(studies_table.insert().values(**row))
+        except IntegrityError:
+            raise StudyError(f"a study named {name!r} already exists") from None
+        record = self.get_study(name)
+        assert record is not None
+        return record
+
+    def get_study(self, name: str) -> StudyRecord | None:
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(studies_table).where(studies_table.c.name == name)
+            ).first()
+        if row is None:
+            return None
+        return StudyRecord(
+            id=row.id,
+            name=row.name,
+            space=json.loads(row.space),
+            direction=row.direction,
+            method=row.method,
+            options=json.loads(row.options),
+            seed=row.seed,
+            created_at=row.created_at,
+        )
+
+    def study_names(self) -> list[str]:
+        with self._read() as conn:
+            rows = conn.execute(sa.select(studies_table.c.name).order_by(studies_table.c.id))
+            return [r.name for r in rows]
+
+    def delete_study(self, name: str) -> None:
+        record = self.get_study(name)
+        if record is None:
+            raise StudyError(f"no study named {name!r} in {self._safe_url()}")
+        with self._transaction(record.id) as conn:
+            conn.execute(trials_table.delete().where(trials_table.c.study_id == record.id))
+            conn.execute(studies_table.delete().where(studies_table.c.id == record.id))
+
+    # -- trials ---------------------------------------------------------------------
+    @staticmethod
+    def _trial(row: Any) -> Trial:
+        return Trial(
+            id=row.number,
+            params=json.loads(row.params),
+            state=TrialState(row.state),
+            value=row.value,
+            created_at=row.created_at,
+            finished_at=row.finished_at,
+            info=json.loads(row.info),
+        )
+
+    def _trials(self, conn: Connection, study_id: int) -> list[Trial]:
+        rows = conn.execute(
+            sa.select(trials_table)
+            .where(trials_table.c.study_id == study_id)
+            .order_by(trials_table.c.number)
+        )
+        return [self._trial(r) for r in rows]
+
+    def trials(self, study_id: int) -> list[Trial]:
+        with self._read() as conn:
+            return self._trials(conn, study_id)
+
+    def _insert(
+        self, conn: Connection, study_id: int, number: int, params: dict[str, Any], **cols: Any
+    ) -> None:
+        conn.execute(
+            trials_table.insert().values(
+                study_id=study_id,
+                number=number,
+                params=json.dumps(params),
+                created_at=_now(),
+                **{"state": TrialState.PENDING.value, "info": "{}", **cols},
+            )
+        )
+
+    def ask(
+        self,
+        study_id: int,
+        propose: Callable[[list[Trial]], Sequence[tuple[dict[str, Any], dict[str, Any]]]],
+    ) -> list[Trial]:
+        """Atomically: read the study's trials, call ``propose(trials)`` for a list of
+        (params, info) pairs, and store each as a new pending trial."""
+        with self._transaction(study_id) as conn:
+            history = self._trials(conn, study_id)
+            proposals = propose(history)
+            start = len(history)
+            for i, (params, info) in enumerate(proposals):
+                self._insert(conn, study_id, start + i, params, info=json.dumps(info))
+            new = self._trials_from(conn, study_id, start)
+        return new
+
+    def _trials_from(self, conn: Connection, study_id: int, start: int) -> list[Trial]:
+        rows = conn.execute(
+            sa.select(trials_table)
+            .where(trials_table.c.study_id == study_id, trials_table.c.number >= start)
+            .order_by(trials_table.c.number)
+        )
+        return [self._trial(r) for r in rows]
+
+    def add(
+        self,
+        study_id: int,
+        params: dict[str, Any],
+        state: TrialState,
+        value: float | None,
+        info: dict[str, Any],
+    ) -> Trial:
+        """Store an already evaluated trial (warm starts, user-chosen points)."""
+        with self._transaction(study_id) as conn:
+            number = conn.execute(
+                sa.select(sa.func.count()).where(trials_table.c.study_id == study_id)
+            ).scalar_one()
+            self._insert(
+                conn,
+                study_id,
+                number,
+                params,
+                state=state.value,
+                value=value,
+                info=json.dumps(info),
+                finished_at=_now(),
+            )
+            return self._trials_from(conn, study_id, number)[0]
+
+    def finish(
+        self,
+        study_id: int,
+        number: int,
+        state: TrialState,
+        value: float | None,
+        info: dict[str, Any] | None = None,
+    ) -> Trial:
+        """Move a pending trial to COMPLETE or FAILED; raise TrialError if it is unknown
+        or already finished."""
+        assert state is not TrialState.PENDING
+        assert value is None or math.isfinite(value)
+        with self._transaction(study_id) as conn:
+            where = (trials_table.c.study_id == study_id) & (trials_table.c.number == number)
+            row = conn.execute(sa.select(trials_table).where(where)).first()
+            if row is None:
+                raise TrialError(f"unknown trial id {number}")
+            if row.state != TrialState.PENDING.value:
+                raise TrialError(
+                    f"trial {number} is already finished ({row.state}"
+                    + (f", value {row.value}" if row.value is not None else "")
+                    + "); a trial is told once"
+                )
+            merged = {**json.loads(row.info), **(info or {})}
+            conn.execute(
+                trials_table.update()
+                .where(where)
+                .values(state=state.value, value=value, info=json.dumps(merged), finished_at=_now())
+            )
+            return self._trial(conn.execute(sa.select(trials_table).where(where)).one())

@@ -1,0 +1,235 @@
+"""Studies: ask/tell optimization of one objective over one space, persisted in a store."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import secrets
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, overload
+
+import numpy as np
+
+from bbopt.errors import StudyError, TrialError
+from bbopt.optimizers.base import DEFAULT_METHOD, History, Optimizer, make_optimizer
+from bbopt.space import Space
+from bbopt.storage import SQLStorage, StudyRecord, get_storage
+from bbopt.trial import Trial, TrialState
+
+DIRECTIONS = ("minimize", "maximize")
+
+
+def _check_value(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        try:  # numpy / torch scalars
+            value = float(value)
+        except (TypeError, ValueError):
+            raise TrialError(f"value must be a real number, got {value!r}") from None
+    value = float(value)
+    if not math.isfinite(value):
+        raise TrialError(
+            f"value must be finite, got {value}; record a failed evaluation with "
+            "tell(trial, failed=True) instead"
+        )
+    return value
+
+
+class Study:
+    """Optimize an objective over ``space`` by asking for trials and telling their values.
+
+    ``storage``: None keeps the study in this process's memory; a URL such as
+    ``sqlite:///study.db`` persists it, and a study of the same ``name`` there is
+    resumed (every trial, and the optimizer continues from that history).
+    ``method``: a registered optimizer (``bbopt.available_methods()``); ``options``
+    go to its constructor. ``space`` may be None when opening an existing study.
+    """
+
+    def __init__(
+        self,
+        space: Space | Mapping[str, Any] | None = None,
+        method: str | None = None,
+        direction: str | None = None,
+        seed: int | None = None,
+        storage: str | SQLStorage | None = None,
+        name: str | None = None,
+        **options: Any,
+    ) -> None:
+        if direction is not None and direction not in DIRECTIONS:
+            raise StudyError(f"direction must be 'minimize' or 'maximize', got {direction!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise StudyError(f"seed must be a non-negative integer, got {seed!r}")
+        if space is not None and not isinstance(space, Space):
+            space = Space(space)
+        self._storage = get_storage(storage)
+        record = self._storage.get_study(name) if name is not None else None
+        if record is None:
+            if space is None:
+                where = f" in {storage}" if storage else ""
+                raise StudyError(f"no study named {name!r}{where}; give a space to create it")
+            make_optimizer(method or DEFAULT_METHOD, space.dim, 0, options)  # fail early
+            try:
+                record = self._storage.create_study(
+                    name=name or f"study-{uuid.uuid4().hex[:8]}",
+                    space=space.to_dict(),
+                    direction=direction or "minimize",
+                    method=method or DEFAULT_METHOD,
+                    options=options,
+                    seed=seed if seed is not None else secrets.randbelow(2**31),
+                )
+            except StudyError:  # another process created it first: open that one
+                record = self._storage.get_study(name)  # type: ignore[arg-type]
+                if record is None:
+                    raise
+                self._check_matches(record, space, direction, seed)
+        else:
+            self._check_matches(record, space, direction, seed)
+        self._record: StudyRecord = record
+        self.space = Space(record.space)
+        # The method is the study's own; passing another one switches this process's
+        # optimizer (like an Optuna sampler), the history carries over.
+        self.method = method or record.method
+        self._options = options if method else record.options
+        self._optimizer: Optimizer = make_optimizer(
+            self.method, self.space.dim, record.seed, self._options
+        )
+
+    @staticmethod
+    def _check_matches(
+        record: StudyRecord, space: Space | None, direction: str | None, seed: int | None
+    ) -> None:
+        if space is not None and space.to_dict() != record.space:
+            raise StudyError(
+                f"study {record.name!r} exists with a different space: {record.space}"
+            )
+        if direction is not None and direction != record.direction:
+            raise StudyError(f"study {record.name!r} exists with direction {record.direction!r}")
+        if seed is not None and seed != record.seed:
+            raise StudyError(f"study {record.name!r} exists with seed {record.seed}")
+
+    @classmethod
+    def load(cls, name: str, storage: str | SQLStorage) -> Study:
+        """Open an existing study; raise StudyError if there is none of that name."""
+        store = get_storage(storage, create=False)
+        if store.get_study(name) is None:
+            raise StudyError(f"no study named {name!r} in {storage}")
+        return cls(storage=store, name=name)
+
+    # -- properties ---------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self._record.name
+
+    @property
+    def direction(self) -> str:
+        return self._record.direction
+
+    @property
+    def seed(self) -> int:
+        return self._record.seed
+
+    @property
+    def storage(self) -> SQLStorage:
+        return self._storage
+
+    @property
+    def trials(self) -> list[Trial]:
+        """Every trial, in the order they were asked."""
+        return self._storage.trials(self._record.id)
+
+    @property
+    def best_trial(self) -> Trial:
+        """The complete trial with the best value; StudyError if there is none yet."""
+        done = [t for t in self.trials if t.state is TrialState.COMPLETE]
+        if not done:
+            raise StudyError(f"study {self.name!r} has no completed trials yet")
+        pick = min if self.direction == "minimize" else max
+        return pick(done, key=lambda t: t.value)
+
+    def __repr__(self) -> str:
+        return f"Study(name={self.name!r}, method={self.method!r}, direction={self.direction!r})"
+
+    # -- ask -------------------------------------------------------------------------
+    @overload
+    def ask(self, n: None = None) -> Trial: ...
+    @overload
+    def ask(self, n: int) -> list[Trial]: ...
+
+    def ask(self, n: int | None = None) -> Trial | list[Trial]:
+        """Hand out one trial, or a list of ``n`` distinct pending trials."""
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise StudyError(f"ask(n) needs a positive integer n, got {n!r}")
+        trials = self._storage.ask(self._record.id, lambda h: self._propose(h, n or 1))
+        return trials if n is not None else trials[0]
+
+    def history(self, trials: Sequence[Trial] | None = None) -> History:
+        """The trials as the optimizer sees them: unit cube, values to minimize."""
+        trials = self.trials if trials is None else trials
+        sign = 1.0 if self.direction == "minimize" else -1.0
+
+        def cube(ts: list[Trial]) -> np.ndarray:
+            rows = [self.space.encode(t.params) for t in ts]
+            return np.array(rows).reshape(len(rows), self.space.dim)
+
+        done = [t for t in trials if t.state is TrialState.COMPLETE]
+        return History(
+            X=cube(done),
+            y=np.array([sign * t.value for t in done], dtype=float),
+            pending=cube([t for t in trials if t.state is TrialState.PENDING]),
+            failed=cube([t for t in trials if t.state is TrialState.FAILED]),
+        )
+
+    def _propose(self, trials: list[Trial], n: int) -> list[tuple[dict[str, Any], dict]]:
+        history = self.history(trials)
+        X = np.asarray(self._optimizer.propose(history, n), dtype=float)
+        if X.shape != (n, self.space.dim) or not np.all(np.isfinite(X)):
+            raise RuntimeError(
+                f"optimizer {self.method!r} returned shape {X.shape} or non-finite points"
+            )
+        taken = [t.params for t in trials if t.state is TrialState.PENDING]
+        out = []
+        rng = np.random.default_rng([self.seed, history.n_trials])
+        for x in np.clip(X, 0.0, 1.0):
+            params = self.space.decode(x)
+            # Integer and categorical rounding can map two proposals onto one point;
+            # a parallel ask must hand out distinct trials, so re-draw at random.
+            for _ in range(100):
+                if params not in taken:
+                    break
+                params = self.space.decode(rng.random(self.space.dim))
+            taken.append(params)
+            out.append((params, {}))
+        return out
+
+    # -- tell ----------------------------------------------------------------------------
+    def tell(
+        self,
+        trial: Trial | int,
+        value: float | None = None,
+        *,
+        failed: bool = False,
+    ) -> Trial:
+        """Record the value of a pending trial (or ``failed=True`` for a failed one).
+
+        Raises TrialError, leaving the study unchanged, for an unknown or finished
+        trial, a missing, NaN or infinite value, or a value given with ``failed``.
+        """
+        number = trial.id if isinstance(trial, Trial) else trial
+        if isinstance(number, bool) or not isinstance(number, int | np.integer):
+            raise TrialError(f"trial must be a Trial or an integer id, got {trial!r}")
+        if failed:
+            if value is not None:
+                raise TrialError("a failed trial has no value: pass value=None with failed=True")
+            return self._storage.finish(self._record.id, int(number), TrialState.FAILED, None)
+        if value is None:
+            raise TrialError("tell needs a value (or failed=True for a failed evaluation)")
+        return self._storage.finish(
+            self._record.id, int(number), TrialState.COMPLETE, _check_value(value)
+        )
+
+    def add(self, params: Mapping[str, Any], value: float) -> Trial:
+        """Record an evaluation made outside the study (a warm start, a known good point)."""
+        params = self.space.validate(params)
+        return self._storage.add(
+            self._record.id, params, TrialState.COMPLETE, _check_value(value), {"source": "add"}
+        )
