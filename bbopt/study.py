@@ -21,7 +21,9 @@ DIRECTIONS = ("minimize", "maximize")
 
 
 def _check_value(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if isinstance(value, bool | str | bytes):
+        raise TrialError(f"value must be a real number, got {value!r}")
+    if not isinstance(value, numbers.Real):
         try:  # numpy / torch scalars
             value = float(value)
         except (TypeError, ValueError):
@@ -208,8 +210,10 @@ class Study:
         value: float | None = None,
         *,
         failed: bool = False,
+        reason: str | None = None,
     ) -> Trial:
-        """Record the value of a pending trial (or ``failed=True`` for a failed one).
+        """Record the value of a pending trial (or ``failed=True``, with an optional
+        ``reason``, for a failed evaluation).
 
         Raises TrialError, leaving the study unchanged, for an unknown or finished
         trial, a missing, NaN or infinite value, or a value given with ``failed``.
@@ -220,7 +224,10 @@ class Study:
         if failed:
             if value is not None:
                 raise TrialError("a failed trial has no value: pass value=None with failed=True")
-            return self._storage.finish(self._record.id, int(number), TrialState.FAILED, None)
+            info = {"reason": str(reason)} if reason else None
+            return self._storage.finish(
+                self._record.id, int(number), TrialState.FAILED, None, info
+            )
         if value is None:
             raise TrialError("tell needs a value (or failed=True for a failed evaluation)")
         return self._storage.finish(

@@ -1,0 +1,366 @@
+"""The ``bbopt`` command: tune objectives, inspect studies, drive ask/tell from a shell,
+plot, and benchmark."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bbopt.errors import BBOptError
+from bbopt.study import Study
+from bbopt.trial import Trial, TrialState
+
+DEFAULT_STORAGE = "sqlite:///bbopt.db"
+INTERRUPTED = "interrupted"
+
+storage_option = click.option(
+    "--storage", envvar="BBOPT_STORAGE", default=DEFAULT_STORAGE, show_default=True,
+    help="SQLAlchemy URL of the study database (env BBOPT_STORAGE).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+class _Group(click.Group):
+    """Turns bbopt's own errors into a one-line message and exit status 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BBOptError as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="bbopt")
+def main() -> None:
+    """bbopt: black-box optimization with ask/tell studies."""
+
+
+def _open(name: str, storage: str) -> Study:
+    return Study.load(name, storage)
+
+
+def _echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=None))
+
+
+def _counts(trials: list[Trial]) -> dict[str, int]:
+    return {s.value: sum(t.state is s for t in trials) for s in TrialState}
+
+
+def _finished(trials: list[Trial]) -> int:
+    """Trials that count toward a budget: complete or failed, not interrupted."""
+    return sum(
+        t.state is TrialState.COMPLETE
+        or (t.state is TrialState.FAILED and t.info.get("reason") != INTERRUPTED)
+        for t in trials
+    )
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*("" if v is None else str(v) for v in r))
+    Console().print(table)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+# -- tune ----------------------------------------------------------------------------------
+@main.command()
+@click.argument("objective")
+@click.option("--space", "space_file", type=click.Path(dir_okay=False),
+              help="Space file (JSON or YAML); optional for a function with a .space attribute.")
+@click.option("--budget", type=click.IntRange(min=1), required=True,
+              help="Finished trials the study should reach (a re-run resumes up to it).")
+@click.option("--method", default=None, help="Optimizer (default: the study's, else gp-ei).")
+@click.option("--direction", type=click.Choice(["minimize", "maximize"]), default=None)
+@storage_option
+@click.option("--study", "name", default=None, help="Study name (default: from the objective).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Evaluations run at once (threads; each asks and tells on its own).")
+@click.option("--seed", type=click.IntRange(min=0), default=None)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def tune(objective: str, space_file: str | None, budget: int, method: str | None,
+         direction: str | None, storage: str, name: str | None, workers: int,
+         seed: int | None, quiet: bool) -> None:
+    """Optimize OBJECTIVE: path/to/file.py:function, module:function, or a shell
+    command with {name} placeholders whose last printed number is the value.
+
+    Ctrl-C stops cleanly (running trials are marked failed as interrupted, and do not
+    count toward the budget); running the same command again resumes.
+    """
+    from bbopt.objective import ObjectiveError, ShellObjective, evaluate, load_function
+    from bbopt.space import Space
+
+    fn = load_function(objective)
+    space = Space.load(space_file) if space_file else getattr(fn, "space", None)
+    name = name or (objective.split(":")[-1] if fn is not None else "shell")
+    study = Study(space, method=method, direction=direction, seed=seed, storage=storage,
+                  name=name)
+    if fn is None:
+        fn = ShellObjective(objective, study.space.names)
+
+    trials = study.trials
+    stale = [t.id for t in trials if t.state is TrialState.PENDING]
+    if stale:
+        click.echo(f"note: {len(stale)} pending trial(s) from earlier runs stay open "
+                   f"(ids {stale[:10]}); close one with `bbopt tell {name} ID --failed`.",
+                   err=True)
+    lock = threading.Lock()
+    state = {"finished": _finished(trials), "inflight": {}, "failures": 0, "error": None}
+    stop = threading.Event()
+    best: list[float | None] = [_best_value(study)]
+
+    def claim() -> bool:
+        with lock:
+            if stop.is_set() or state["finished"] + len(state["inflight"]) >= budget:
+                return False
+            state["inflight"][threading.get_ident()] = None
+            return True
+
+    def worker() -> None:
+        me = threading.get_ident()
+        while claim():
+            try:
+                trial = study.ask()
+                with lock:
+                    state["inflight"][me] = trial
+                try:
+                    value = evaluate(fn, trial.params, trial.id)
+                except ObjectiveError as e:
+                    if stop.is_set():
+                        return  # interrupted: the main thread records it
+                    study.tell(trial, failed=True, reason=str(e))
+                    click.echo(f"trial {trial.id} failed: {e}", err=True)
+                    with lock:
+                        state["failures"] += 1
+                        if state["failures"] >= 10:
+                            state["error"] = f"10 evaluations in a row failed; last: {e}"
+                            stop.set()
+                else:
+                    if stop.is_set():
+                        return
+                    study.tell(trial, value)
+                    with lock:
+                        state["failures"] = 0
+                        b = best[0]
+                        sign = 1 if study.direction == "minimize" else -1
+                        if b is None or sign * value < sign * b:
+                            best[0] = value
+            except Exception as e:  # noqa: BLE001 - surface storage errors and stop
+                with lock:
+                    state["error"] = str(e)
+                stop.set()
+            finally:
+                with lock:
+                    state["finished"] += state["inflight"].pop(me, None) is not None
+            if stop.is_set():
+                return
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), disable=quiet)
+    try:
+        with progress:
+            bar = progress.add_task(name, total=budget, completed=state["finished"])
+            for t in threads:
+                t.start()
+            while any(t.is_alive() for t in threads):
+                time.sleep(0.1)
+                b = best[0]
+                progress.update(bar, completed=state["finished"],
+                                description=f"{name} best={_fmt(b) if b is not None else '-'}")
+    except KeyboardInterrupt:
+        stop.set()
+        if isinstance(fn, ShellObjective):
+            fn.stop()
+        with lock:
+            running = [t for t in state["inflight"].values() if t is not None]
+        for t in running:
+            try:
+                study.tell(t, failed=True, reason=INTERRUPTED)
+            except BBOptError:
+                pass  # finished in the meantime
+        done = _finished(study.trials)
+        click.echo(f"\ninterrupted: {done}/{budget} trials finished in study {name!r}; "
+                   "run the same command again to resume.", err=True)
+        sys.exit(130)
+    if state["error"]:
+        raise click.ClickException(state["error"])
+    _print_best(study)
+
+
+def _best_value(study: Study) -> float | None:
+    try:
+        return study.best_trial.value
+    except BBOptError:
+        return None
+
+
+def _print_best(study: Study) -> None:
+    try:
+        t = study.best_trial
+    except BBOptError as e:
+        click.echo(str(e))
+        return
+    click.echo(f"best trial {t.id}: value {_fmt(t.value)}  params {json.dumps(t.params)}")
+
+
+# -- inspecting studies ----------------------------------------------------------------
+@main.command()
+@storage_option
+@json_option
+def studies(storage: str, as_json: bool) -> None:
+    """List the studies in a database."""
+    from bbopt.storage import get_storage
+
+    store = get_storage(storage, create=False)
+    rows = []
+    for n in store.study_names():
+        s = Study.load(n, store)
+        trials = s.trials
+        rows.append({"name": n, "method": s.method, "direction": s.direction,
+                     **_counts(trials), "best": _best_value(s)})
+    if as_json:
+        _echo_json(rows)
+    else:
+        cols = ["name", "method", "direction", "complete", "pending", "failed", "best"]
+        _table(f"studies in {storage}", cols, [[_fmt(r[c]) if r[c] is not None else None
+                                                 for c in cols] for r in rows])
+
+
+@main.command()
+@click.argument("name")
+@storage_option
+@json_option
+def trials(name: str, storage: str, as_json: bool) -> None:
+    """List the trials of study NAME."""
+    study = _open(name, storage)
+    ts = study.trials
+    if as_json:
+        _echo_json([t.to_dict() for t in ts])
+        return
+    names = study.space.names
+    _table(f"{name}: {len(ts)} trials", ["id", "state", "value", *names],
+           [[t.id, t.state.value, _fmt(t.value) if t.value is not None else None,
+             *(_fmt(t.params[n]) for n in names)] for t in ts])
+
+
+@main.command()
+@click.argument("name")
+@storage_option
+@json_option
+def best(name: str, storage: str, as_json: bool) -> None:
+    """Print the best trial of study NAME."""
+    study = _open(name, storage)
+    t = study.best_trial
+    if as_json:
+        _echo_json(t.to_dict())
+    else:
+        _table(f"{name}: best of {len(study.trials)} trials", ["id", "value", *study.space.names],
+               [[t.id, _fmt(t.value), *(_fmt(t.params[n]) for n in study.space.names)]])
+
+
+# -- shell-driven ask/tell ------------------------------------------------------------------
+@main.command()
+@click.argument("name")
+@storage_option
+@click.option("-n", "n", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--space", "space_file", type=click.Path(dir_okay=False),
+              help="Creates the study with this space if it does not exist.")
+@click.option("--method", default=None)
+@click.option("--direction", type=click.Choice(["minimize", "maximize"]), default=None)
+@click.option("--seed", type=click.IntRange(min=0), default=None)
+def ask(name: str, storage: str, n: int, space_file: str | None, method: str | None,
+        direction: str | None, seed: int | None) -> None:
+    """Hand out N trials of study NAME, one JSON object per line: {"id", "params"}."""
+    from bbopt.space import Space
+
+    if space_file:
+        study = Study(Space.load(space_file), method=method, direction=direction, seed=seed,
+                      storage=storage, name=name)
+    else:
+        study = _open(name, storage)
+    for t in study.ask(n):
+        _echo_json({"id": t.id, "params": t.params})
+
+
+@main.command()
+@click.argument("name")
+@click.argument("trial_id", type=int)
+@click.argument("value", type=float, required=False)
+@click.option("--failed", is_flag=True, help="Record a failed evaluation instead of a value.")
+@storage_option
+def tell(name: str, trial_id: int, value: float | None, failed: bool, storage: str) -> None:
+    """Record VALUE (or --failed) for trial TRIAL_ID of study NAME."""
+    t = _open(name, storage).tell(trial_id, value, failed=failed)
+    click.echo(f"trial {t.id}: {t.state.value}" + (f" {_fmt(t.value)}" if t.value is not None
+                                                  else ""))
+
+
+@main.command()
+@click.argument("name")
+@storage_option
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
+              help="PNG file to write.")
+def plot(name: str, storage: str, output: str) -> None:
+    """Plot the optimization history and parameter slices of study NAME."""
+    from bbopt.plot import plot_study
+
+    plot_study(_open(name, storage), Path(output))
+    click.echo(f"wrote {output}")
+
+
+# -- benchmarks --------------------------------------------------------------------------------
+@main.command()
+@click.option("--suite", default="synthetic", show_default=True,
+              help="Task suite: synthetic, quick, hpo.")
+@click.option("--tasks", "task_list", default=None, help="Comma-separated tasks (overrides suite).")
+@click.option("--methods", default="random,gp-ei,optuna-tpe,optuna-gp,cma-es", show_default=True)
+@click.option("--budget", type=click.IntRange(min=2), default=100, show_default=True)
+@click.option("--seeds", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Runs side by side (processes, one core each).")
+@click.option("--out", type=click.Path(file_okay=False), default="bench_out", show_default=True,
+              help="Folder for runs.jsonl (cache; re-runs resume), summary.json, regret.png.")
+@click.option("--markdown", type=click.Path(dir_okay=False), default=None,
+              help="Append the tables to this file (e.g. BENCHMARKS.md).")
+def bench(suite: str, task_list: str | None, methods: str, budget: int, seeds: int, jobs: int,
+          out: str, markdown: str | None) -> None:
+    """Run methods side by side on a suite of tasks and report regret, scores, latency."""
+    from bbopt.bench import benchmark
+    from bbopt.optimizers.base import available_methods
+    from bbopt.tasks.base import get_suite, get_task
+
+    tasks = ([get_task(t.strip()).name for t in task_list.split(",")] if task_list
+             else [t.name for t in get_suite(suite)])
+    ms = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in ms if m not in available_methods()]
+    if unknown:
+        raise click.UsageError(f"unknown methods {unknown}; available: {available_methods()}")
+    command = "bbopt bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    summary = benchmark(tasks, ms, budget, seeds, Path(out), jobs=jobs, command=command,
+                        markdown=Path(markdown) if markdown else None)
+    click.echo((Path(out) / "table.md").read_text())
+    click.echo(f"mean normalized score: {json.dumps(summary['mean_score'])}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from bbopt import Float, Int, Space, StorageError, Study, StudyError, TrialState
+
+SPACE = Space({"x": Float(0, 1), "k": Int(1, 5)})
+
+
+def _run(code: str, *args: str) -> str:
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_resume_in_a_new_process(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    s = Study(SPACE, method="gp-ei", seed=7, storage=url, name="demo", n_init=4)
+    for _ in range(5):
+        t = s.ask()
+        s.tell(t, (t.params["x"] - 0.3) ** 2 + t.params["k"])
+    open_trial = s.ask()
+    before = [t.to_dict() for t in s.trials]
+    out = _run("""
+        import json, sys
+        from bbopt import Study
+        s = Study.load("demo", sys.argv[1])
+        seen = [t.to_dict() for t in s.trials]
+        t = s.ask()                       # continues from the stored history
+        s.tell(t, 0.5)
+        print(json.dumps({"seen": seen, "method": s.method, "new": t.id}))
+    """, url)
+    got = json.loads(out)
+    assert got["seen"] == json.loads(json.dumps(before))
+    assert got["method"] == "gp-ei" and got["new"] == 6
+    # back here: the other process's trial is visible, the pending one still open
+    s2 = Study(storage=url, name="demo")
+    assert [t.state for t in s2.trials][-2:] == [TrialState.PENDING, TrialState.COMPLETE]
+    s2.tell(open_trial, 1.0)
+    assert len(s2.trials) == 7
+
+
+def test_resumed_optimizer_proposes_what_an_uninterrupted_one_would(tmp_path):
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    a = Study(SPACE, method="random", seed=1, storage=url, name="a")
+    b = Study(SPACE, method="random", seed=1)
+    for _ in range(3):
+        ta, tb = a.ask(), b.ask()
+        a.tell(ta, 1.0)
+        b.tell(tb, 1.0)
+    resumed = Study.load("a", url)
+    assert resumed.ask().params == b.ask().params
+
+
+WORKER = """
+import sys, time
+from bbopt import Study
+url, n = sys.argv[1], int(sys.argv[2])
+s = Study.load("shared", url)
+for i in range(n):
+    t = s.ask()
+    s.tell(t, t.params["x"])
+    print(t.id, flush=True)
+"""
+
+
+@pytest.mark.parametrize("method", ["random", "gp-ei"])
+def test_two_processes_share_one_sqlite_study(tmp_path, method):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    Study(SPACE, method=method, seed=0, storage=url, name="shared", n_init=3) \
+        if method == "gp-ei" else Study(SPACE, method=method, seed=0, storage=url, name="shared")
+    n = 12 if method == "gp-ei" else 40
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, url, str(n)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    ids = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        ids += [int(x) for x in out.split()]
+    assert sorted(ids) == list(range(2 * n)), "a trial was handed out twice or lost"
+    trials = Study.load("shared", url).trials
+    assert len(trials) == 2 * n
+    assert all(t.state is TrialState.COMPLETE and t.value == t.params["x"] for t in trials)
+    if method == "random":  # distinct Sobol points, never the same one twice
+        assert len({t.params["x"] for t in trials}) == 2 * n
+
+
+def test_opening_with_conflicting_settings(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    Study(SPACE, method="random", seed=1, storage=url, name="s")
+    with pytest.raises(StudyError, match="different space"):
+        Study(Space({"y": Float(0, 1)}), storage=url, name="s")
+    with pytest.raises(StudyError, match="direction"):
+        Study(SPACE, storage=url, name="s", direction="maximize")
+    with pytest.raises(StudyError, match="seed"):
+        Study(SPACE, storage=url, name="s", seed=2)
+    same = Study(SPACE, storage=url, name="s")  # same settings: opens it
+    assert same.method == "random" and same.seed == 1
+
+
+def test_missing_database_and_bad_urls(tmp_path):
+    with pytest.raises(StorageError, match="does not exist"):
+        Study.load("x", f"sqlite:///{tmp_path / 'nope.db'}")
+    assert not (tmp_path / "nope.db").exists()
+    with pytest.raises(StorageError, match="folder"):
+        Study(SPACE, storage=f"sqlite:///{tmp_path / 'no' / 'dir.db'}", name="x")
+    with pytest.raises(StorageError, match="not a database URL"):
+        Study(SPACE, storage="not a url", name="x")
+    with pytest.raises(StudyError, match="no study named 'ghost'"):
+        url = f"sqlite:///{tmp_path / 'empty.db'}"
+        Study(SPACE, storage=url, name="other")
+        Study.load("ghost", url)
+
+
+def test_not_a_database_file(tmp_path):
+    bad = tmp_path / "garbage.db"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StorageError, match="cannot open database|database error"):
+        Study(SPACE, storage=f"sqlite:///{bad}", name="x")

@@ -1,0 +1,189 @@
+import math
+
+import numpy as np
+import pytest
+
+import bbopt
+from bbopt import Float, Int, Space, Study, StudyError, TrialError, TrialState
+
+SPACE = Space({"x": Float(-2, 2), "n": Int(1, 3), "c": bbopt.Categorical(["a", "b"])})
+
+
+def f(p):
+    return (p["x"] - 0.5) ** 2 + p["n"] + (p["c"] == "b")
+
+
+@pytest.fixture(params=["random", "gp-ei"])
+def study(request):
+    return Study(SPACE, method=request.param, seed=0)
+
+
+def test_ask_tell_best(study):
+    for _ in range(8):
+        t = study.ask()
+        assert t.state is TrialState.PENDING and t.value is None
+        assert SPACE.validate(t.params) == t.params
+        told = study.tell(t, f(t.params))
+        assert told.state is TrialState.COMPLETE and told.value == f(t.params)
+    assert [t.id for t in study.trials] == list(range(8))
+    best = study.best_trial
+    assert best.value == min(t.value for t in study.trials)
+
+
+def test_tell_by_id_and_failed(study):
+    a, b = study.ask(2)
+    study.tell(a.id, 1.5)
+    failed = study.tell(b, failed=True, reason="crashed")
+    assert failed.state is TrialState.FAILED and failed.value is None
+    assert failed.info["reason"] == "crashed"
+    assert study.best_trial.id == a.id
+
+
+def test_parallel_ask_gives_distinct_pending_trials(study):
+    for _ in range(4):
+        t = study.ask()
+        study.tell(t, f(t.params))
+    batch = study.ask(4)
+    assert len({t.id for t in batch}) == 4
+    assert len({tuple(sorted(t.params.items())) for t in batch}) == 4
+    more = study.ask(3)
+    pending = [t for t in study.trials if t.state is TrialState.PENDING]
+    assert len(pending) == 7
+    keys = {tuple(sorted(t.params.items())) for t in pending}
+    assert len(keys) == 7, "a later ask repeated a pending point"
+    assert all(isinstance(t, bbopt.Trial) for t in more)
+
+
+def test_maximize_direction():
+    s = Study(Space({"x": Float(0, 1)}), method="random", direction="maximize", seed=1)
+    for _ in range(5):
+        t = s.ask()
+        s.tell(t, t.params["x"])
+    assert s.best_trial.value == max(t.value for t in s.trials)
+    assert s.history().y.max() <= 0  # the optimizer always minimizes
+
+
+def _snapshot(study):
+    return [t.to_dict() for t in study.trials]
+
+
+@pytest.mark.parametrize(
+    "call, exc, msg",
+    [
+        (lambda s, t: s.tell(99, 1.0), TrialError, "unknown trial id 99"),
+        (lambda s, t: s.tell(t, math.nan), TrialError, "finite"),
+        (lambda s, t: s.tell(t, math.inf), TrialError, "finite"),
+        (lambda s, t: s.tell(t, "abc"), TrialError, "real number"),
+        (lambda s, t: s.tell(t, True), TrialError, "real number"),
+        (lambda s, t: s.tell(t), TrialError, "needs a value"),
+        (lambda s, t: s.tell(t, 1.0, failed=True), TrialError, "no value"),
+        (lambda s, t: s.tell("0", 1.0), TrialError, "Trial or an integer id"),
+        (lambda s, t: s.ask(0), StudyError, "positive integer"),
+        (lambda s, t: s.add({"x": 5.0, "n": 1, "c": "a"}, 1.0), bbopt.SpaceError, "outside"),
+        (lambda s, t: s.add({"x": 0.0, "n": 1}, 1.0), bbopt.SpaceError, "missing"),
+        (lambda s, t: s.add({"x": 0.0, "n": "1", "c": "a"}, 1.0), bbopt.SpaceError, "integer"),
+        (lambda s, t: s.add({"x": 0.0, "n": 1, "c": "a"}, math.nan), TrialError, "finite"),
+    ],
+)
+def test_bad_input_raises_and_changes_nothing(call, exc, msg):
+    s = Study(SPACE, method="random", seed=0)
+    done = s.ask()
+    s.tell(done, 1.0)
+    t = s.ask()
+    before = _snapshot(s)
+    with pytest.raises(exc, match=msg):
+        call(s, t)
+    assert _snapshot(s) == before
+
+
+def test_told_twice_raises_and_keeps_first_value():
+    s = Study(SPACE, method="random", seed=0)
+    t = s.ask()
+    s.tell(t, 1.0)
+    with pytest.raises(TrialError, match="already finished"):
+        s.tell(t, 2.0)
+    with pytest.raises(TrialError, match="already finished"):
+        s.tell(t, failed=True)
+    assert s.trials[0].value == 1.0
+
+
+def test_add_records_outside_evaluation():
+    s = Study(SPACE, method="random", seed=0)
+    t = s.add({"x": 0.5, "n": 1, "c": "a"}, 1.0)
+    assert t.state is TrialState.COMPLETE and t.info == {"source": "add"}
+    assert s.best_trial.params == {"x": 0.5, "n": 1, "c": "a"}
+
+
+def test_bad_study_arguments():
+    with pytest.raises(StudyError, match="direction"):
+        Study(SPACE, direction="up")
+    with pytest.raises(bbopt.UnknownMethodError, match="unknown method 'nope'"):
+        Study(SPACE, method="nope")
+    with pytest.raises(bbopt.UnknownMethodError, match="unknown options"):
+        Study(SPACE, method="random", foo=1)
+    with pytest.raises(StudyError, match="seed"):
+        Study(SPACE, seed=-1)
+    with pytest.raises(StudyError, match="no completed trials"):
+        _ = Study(SPACE, method="random").best_trial
+    with pytest.raises(StudyError, match="give a space"):
+        Study(name="missing")
+
+
+def test_same_seed_same_proposals():
+    a = Study(SPACE, method="random", seed=3)
+    b = Study(SPACE, method="random", seed=3)
+    assert [t.params for t in a.ask(5)] == [t.params for t in b.ask(5)]
+
+
+def test_default_method_is_registered():
+    s = Study(SPACE, seed=0)
+    assert s.method in bbopt.available_methods()
+
+
+@pytest.mark.parametrize("method", ["optuna-tpe", "optuna-gp", "cma-es"])
+def test_peer_methods_run_through_the_same_interface(method):
+    s = Study(Space({"x": Float(-2, 2), "y": Float(-2, 2)}), method=method, seed=0)
+    for _ in range(12):
+        t = s.ask()
+        s.tell(t, t.params["x"] ** 2 + t.params["y"] ** 2)
+    batch = s.ask(3)
+    assert len({tuple(t.params.values()) for t in batch}) == 3
+    assert s.best_trial.value < 2.0
+
+
+def _branin(p):
+    x, y = p["x0"], p["x1"]
+    return ((y - 5.1 / (4 * math.pi**2) * x**2 + 5 / math.pi * x - 6) ** 2
+            + 10 * (1 - 1 / (8 * math.pi)) * math.cos(x) + 10)
+
+
+def _hartmann6(p):
+    import torch
+    from botorch.test_functions import Hartmann
+
+    x = torch.tensor([p[f"x{i}"] for i in range(6)], dtype=torch.float64)
+    return float(Hartmann(dim=6)(x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "fn, space, optimum, budget",
+    [
+        (_branin, Space({"x0": Float(-5, 10), "x1": Float(0, 15)}), 0.397887, 25),
+        (_hartmann6, Space({f"x{i}": Float(0, 1) for i in range(6)}), -3.32237, 30),
+    ],
+)
+def test_gp_ei_beats_random(fn, space, optimum, budget):
+    regrets = {}
+    for method in ("random", "gp-ei"):
+        rs = []
+        for seed in range(3):
+            s = Study(space, method=method, seed=seed, n_init=8) if method == "gp-ei" \
+                else Study(space, method=method, seed=seed)
+            for _ in range(budget):
+                t = s.ask()
+                s.tell(t, fn(t.params))
+            rs.append(s.best_trial.value - optimum)
+        regrets[method] = rs
+    assert np.median(regrets["gp-ei"]) < np.median(regrets["random"])
+    assert sum(g < r for g, r in zip(regrets["gp-ei"], regrets["random"], strict=True)) >= 2
