@@ -1,0 +1,189 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bbopt import Study, TrialState
+from bbopt.cli import main
+
+SPACE = {"x": {"type": "float", "low": -2, "high": 2},
+         "k": {"type": "int", "low": 1, "high": 3},
+         "act": {"type": "categorical", "choices": ["relu", "tanh"]}}
+
+OBJECTIVE = """
+import time
+
+def f(p):
+    return (p["x"] - 0.5) ** 2 + p["k"] + (p["act"] == "tanh")
+
+def slow(p):
+    time.sleep(0.3)
+    return p["x"] ** 2
+
+def broken(p):
+    raise RuntimeError("boom")
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "obj.py").write_text(OBJECTIVE)
+    (tmp_path / "space.json").write_text(json.dumps(SPACE))
+    return tmp_path
+
+
+def run(*args, ok=True):
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def test_tune_python_function_then_inspect(workdir):
+    db = "sqlite:///s.db"
+    out = run("tune", "obj.py:f", "--space", "space.json", "--budget", "8", "--method", "random",
+              "--storage", db, "--study", "demo", "--seed", "1", "--quiet").output
+    assert "best trial" in out
+    trials = json.loads(run("trials", "demo", "--storage", db, "--json").output)
+    assert len(trials) == 8 and all(t["state"] == "complete" for t in trials)
+    best = json.loads(run("best", "demo", "--storage", db, "--json").output)
+    assert best["value"] == min(t["value"] for t in trials)
+    studies = json.loads(run("studies", "--storage", db, "--json").output)
+    assert studies[0]["name"] == "demo" and studies[0]["complete"] == 8
+    # human-readable tables too
+    assert "demo" in run("studies", "--storage", db).output
+    assert "act" in run("trials", "demo", "--storage", db).output
+    # re-running with a larger budget resumes the same study
+    run("tune", "obj.py:f", "--space", "space.json", "--budget", "10", "--storage", db,
+        "--study", "demo", "--quiet")
+    assert len(Study.load("demo", db).trials) == 10
+
+
+def test_tune_shell_command(workdir):
+    db = "sqlite:///s.db"
+    cmd = f"{sys.executable} -c 'import sys; print(\"loss\", float(sys.argv[1]) ** 2)' {{x}}"
+    run("tune", cmd, "--space", "space.json", "--budget", "5", "--method", "random",
+        "--storage", db, "--study", "sh", "--workers", "2", "--quiet")
+    trials = Study.load("sh", db).trials
+    assert len(trials) == 5
+    assert all(t.value == pytest.approx(t.params["x"] ** 2) for t in trials)
+
+
+def test_tune_with_module_function_and_its_space(workdir):
+    pkg = workdir / "mypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "import bbopt\n"
+        "def g(p):\n    return p['y'] ** 2\n"
+        "g.space = bbopt.Space({'y': bbopt.Float(-1, 1)})\n")
+    sys.path.insert(0, str(workdir))
+    try:
+        run("tune", "mypkg:g", "--budget", "4", "--method", "random", "--storage",
+            "sqlite:///s.db", "--quiet")
+    finally:
+        sys.path.remove(str(workdir))
+    assert len(Study.load("g", "sqlite:///s.db").trials) == 4
+
+
+def test_failing_objective_is_recorded_and_stops(workdir):
+    r = run("tune", "obj.py:broken", "--space", "space.json", "--budget", "50", "--method",
+            "random", "--storage", "sqlite:///s.db", "--quiet", ok=False)
+    assert r.exit_code == 1 and "10 evaluations in a row failed" in r.output
+    trials = Study.load("broken", "sqlite:///s.db").trials
+    assert len(trials) == 10
+    assert all(t.state is TrialState.FAILED and "boom" in t.info["reason"] for t in trials)
+
+
+def test_shell_ask_tell_loop_and_bad_input(workdir):
+    db = "sqlite:///s.db"
+    lines = run("ask", "loop", "--storage", db, "--space", "space.json", "--method", "random",
+                "-n", "2").output.splitlines()
+    asked = [json.loads(x) for x in lines]
+    assert [a["id"] for a in asked] == [0, 1]
+    assert "trial 0: complete 0.25" in run("tell", "loop", "0", "0.25", "--storage", db).output
+    run("tell", "loop", "1", "--failed", "--storage", db)
+    nxt = json.loads(run("ask", "loop", "--storage", db).output)
+    assert nxt["id"] == 2
+    for args, msg in [
+        (("tell", "loop", "7", "1.0"), "unknown trial id 7"),
+        (("tell", "loop", "0", "2.0"), "already finished"),
+        (("tell", "loop", "2", "nan"), "finite"),
+        (("tell", "loop", "2"), "needs a value"),
+        (("best", "nope"), "no study named 'nope'"),
+    ]:
+        r = run(*args, "--storage", db, ok=False)
+        assert r.exit_code == 1 and msg in r.output, r.output
+    trials = Study.load("loop", db).trials
+    assert [t.state.value for t in trials] == ["complete", "failed", "pending"]
+    assert trials[0].value == 0.25
+
+
+def test_missing_database_is_a_clear_error(workdir):
+    r = run("best", "x", "--storage", "sqlite:///missing.db", ok=False)
+    assert r.exit_code == 1 and "does not exist" in r.output
+    assert not Path("missing.db").exists()
+    r = run("studies", "--storage", "sqlite:///missing.db", ok=False)
+    assert "does not exist" in r.output
+
+
+def test_bad_space_file_and_objective(workdir):
+    Path("bad.json").write_text('{"x": {"type": "float", "low": 1, "high": 0}}')
+    r = run("tune", "obj.py:f", "--space", "bad.json", "--budget", "3", "--storage",
+            "sqlite:///s.db", ok=False)
+    assert "low < high" in r.output
+    r = run("tune", "nofile.py:f", "--space", "space.json", "--budget", "3", "--storage",
+            "sqlite:///s.db", ok=False)
+    assert "does not exist" in r.output
+    r = run("tune", "obj.py:nothing", "--space", "space.json", "--budget", "3", ok=False)
+    assert "no function 'nothing'" in r.output
+
+
+def test_plot(workdir):
+    db = "sqlite:///s.db"
+    run("tune", "obj.py:f", "--space", "space.json", "--budget", "6", "--method", "random",
+        "--storage", db, "--study", "p", "--quiet")
+    run("plot", "p", "--storage", db, "-o", "p.png")
+    assert Path("p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_rerun_resumes(workdir):
+    db = "sqlite:///s.db"
+    cmd = [sys.executable, "-m", "bbopt.cli", "tune", "obj.py:slow", "--space", "space.json",
+           "--budget", "12", "--method", "random", "--storage", db, "--study", "int",
+           "--workers", "2", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.2)
+        if Path("s.db").exists():
+            try:
+                done = [t for t in Study.load("int", db).trials if t.state is TrialState.COMPLETE]
+            except Exception:  # noqa: BLE001 - the study may not exist yet
+                continue
+            if len(done) >= 3:
+                break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "run the same command again to resume" in err
+    trials = Study.load("int", db).trials
+    assert not [t for t in trials if t.state is TrialState.PENDING]
+    interrupted = [t for t in trials if t.state is TrialState.FAILED]
+    assert all(t.info["reason"] == "interrupted" for t in interrupted)
+    first = {t.id: t.value for t in trials if t.state is TrialState.COMPLETE}
+    assert len(first) >= 3
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                           env={**os.environ})
+    assert again.returncode == 0, again.stderr
+    trials = Study.load("int", db).trials
+    complete = [t for t in trials if t.state is TrialState.COMPLETE]
+    assert len(complete) == 12, "interrupted trials do not count toward the budget"
+    assert all(trials[i].value == v for i, v in first.items()), "earlier values were lost"
