@@ -121,3 +121,23 @@ def test_not_a_database_file(tmp_path):
     bad.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StorageError, match="cannot open database|database error"):
         Study(SPACE, storage=f"sqlite:///{bad}", name="x")
+
+
+def test_postgresql_resume_and_two_processes(postgres_url):
+    s = Study(SPACE, method="random", seed=0, storage=postgres_url, name="shared")
+    t = s.ask()
+    s.tell(t, t.params["x"])
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, postgres_url, "15"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    ids = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        ids += [int(x) for x in out.split()]
+    assert sorted(ids) == list(range(1, 31))
+    trials = Study.load("shared", postgres_url).trials
+    assert len(trials) == 31 and all(t.state is TrialState.COMPLETE for t in trials)
+    assert len({t.params["x"] for t in trials}) == 31
+    with pytest.raises(StudyError, match="no study named"):
+        Study.load("ghost", postgres_url)
