@@ -355,7 +355,10 @@ def bench(suite: str, task_list: str | None, methods: str, budget: int, seeds: i
     unknown = [m for m in ms if m not in available_methods()]
     if unknown:
         raise click.UsageError(f"unknown methods {unknown}; available: {available_methods()}")
-    command = "bbopt bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    which = ["--tasks", task_list] if task_list else ["--suite", suite]
+    words = [*which, "--methods", ",".join(ms), "--budget", budget, "--seeds", seeds,
+             "--jobs", jobs, "--out", out, *(["--markdown", markdown] if markdown else [])]
+    command = "bbopt bench " + " ".join(shlex.quote(str(w)) for w in words)
     summary = benchmark(tasks, ms, budget, seeds, Path(out), jobs=jobs, command=command,
                         markdown=Path(markdown) if markdown else None)
     click.echo((Path(out) / "table.md").read_text())

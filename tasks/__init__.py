@@ -1,0 +1,1 @@
+"""Objectives bbopt optimizes: synthetic benchmarks and hyperparameter-tuning tasks."""

@@ -1,0 +1,110 @@
+"""Benchmark tasks: a search space, a function to minimize and, when known, its optimum.
+
+Tasks are registered by name. The built-in ones live in ``bbopt.tasks.synthetic``
+(botorch test functions) and ``bbopt.tasks.hpo`` (hyperparameter tuning on data that
+ships with scikit-learn); ``get_task`` / ``get_suite`` / ``task_names`` import those
+modules on first use, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bbopt.space import Space
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    """A named objective: ``task(params)`` is the value to minimize over ``space``."""
+
+    name: str
+    space: Space
+    fn: Callable[[dict[str, Any]], float]
+    optimum: float | None = None  # known global minimum value, None if unknown
+    description: str = ""
+
+    def __call__(self, params: dict[str, Any]) -> float:
+        return float(self.fn(params))
+
+    def regret(self, value: float) -> float:
+        """``value - optimum``, clipped at 0 (values a hair below the optimum count as 0)."""
+        if self.optimum is None:
+            raise ValueError(f"task {self.name!r} has no known optimum, so no regret")
+        value = float(value)
+        if math.isnan(value):
+            raise ValueError(f"task {self.name!r}: regret of NaN")
+        return max(value - self.optimum, 0.0)
+
+    def __repr__(self) -> str:
+        return f"Task({self.name!r}, dim={self.space.dim}, optimum={self.optimum!r})"
+
+
+_REGISTRY: dict[str, Task] = {}
+
+# Modules that register the built-in tasks, imported on first lookup.
+_BUILTIN_MODULES = ("bbopt.tasks.synthetic", "bbopt.tasks.hpo")
+
+SUITES: dict[str, list[str]] = {
+    "synthetic": [
+        "branin",
+        "hartmann3",
+        "hartmann6",
+        "ackley2",
+        "ackley5",
+        "levy4",
+        "levy8",
+        "rosenbrock4",
+        "styblinski_tang4",
+        "styblinski_tang8",
+        "michalewicz2",
+        "michalewicz5",
+    ],
+    "quick": ["branin", "hartmann3"],
+    "hpo": ["digits_mlp", "breast_cancer_gbm", "wine_svm"],
+}
+
+
+def register(task: Task) -> Task:
+    """Add ``task`` to the registry under ``task.name`` and return it.
+
+    A task registered again under the same name replaces the old one (so a module
+    loaded twice, once by package name and once by file path, is harmless).
+    """
+    if not isinstance(task, Task):
+        raise TypeError(f"register() needs a Task, got {type(task).__name__}")
+    _REGISTRY[task.name] = task
+    return task
+
+
+def _load_builtins() -> None:
+    for mod in _BUILTIN_MODULES:
+        importlib.import_module(mod)  # registers its tasks on first import
+
+
+def task_names() -> list[str]:
+    """Names of every registered task (built-ins included), sorted."""
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def get_task(name: str) -> Task:
+    """The task registered as ``name``; ValueError listing the known names otherwise."""
+    if name not in _REGISTRY:
+        _load_builtins()
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown task {name!r}; known tasks: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+
+
+def get_suite(name: str) -> list[Task]:
+    """The tasks of suite ``name`` (see ``SUITES``); ValueError for an unknown suite."""
+    if not isinstance(name, str) or name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; known suites: {', '.join(sorted(SUITES))}")
+    return [get_task(n) for n in SUITES[name]]

@@ -1,0 +1,102 @@
+"""Synthetic benchmark tasks: botorch's test functions, noise-free, to be minimized.
+
+Each task's space is one ``Float`` per dimension, named ``x0 .. x{d-1}``, over the
+function's own bounds. Bounds and optima are written out here so that importing this
+module does not import torch/botorch; the botorch function is built on the first
+evaluation (tests check the table against botorch).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+from typing import Any
+
+from bbopt.tasks.base import Task, register
+
+from bbopt.space import Float, Space
+
+# Styblinski-Tang's minimum per dimension, at x_i = -2.903534... (botorch rounds it
+# to -39.166166, a hair below the true value).
+STYBLINSKI_TANG_MIN = -39.16616570377142
+
+
+@cache
+def _botorch_function(cls_name: str, dim: int | None) -> Any:
+    from botorch.test_functions import synthetic
+
+    cls = getattr(synthetic, cls_name)
+    return cls() if dim is None else cls(dim=dim)
+
+
+class BotorchFunction:
+    """Picklable ``params -> float`` wrapper of a botorch synthetic test function."""
+
+    def __init__(self, cls_name: str, dim: int, pass_dim: bool = True) -> None:
+        self.cls_name = cls_name
+        self.dim = dim
+        self.pass_dim = pass_dim
+        self.names = [f"x{i}" for i in range(dim)]
+
+    @property
+    def function(self) -> Any:
+        """The botorch ``SyntheticTestFunction`` (noise-free, negate=False)."""
+        return _botorch_function(self.cls_name, self.dim if self.pass_dim else None)
+
+    def __call__(self, params: dict[str, Any]) -> float:
+        import torch
+
+        x = torch.tensor([[float(params[n]) for n in self.names]], dtype=torch.float64)
+        with torch.no_grad():
+            return float(self.function.evaluate_true(x)[0])
+
+    def __repr__(self) -> str:
+        return f"BotorchFunction({self.cls_name!r}, dim={self.dim})"
+
+
+def _make(
+    name: str,
+    cls_name: str,
+    dim: int,
+    bounds: list[tuple[float, float]],
+    optimum: float,
+    description: str,
+    pass_dim: bool = True,
+) -> Task:
+    space = Space({f"x{i}": Float(lo, hi) for i, (lo, hi) in enumerate(bounds)})
+    fn = BotorchFunction(cls_name, dim, pass_dim=pass_dim)
+    return register(Task(name, space, fn, optimum=optimum, description=description))
+
+
+def _box(lo: float, hi: float, dim: int) -> list[tuple[float, float]]:
+    return [(lo, hi)] * dim
+
+
+_make(
+    "branin", "Branin", 2, [(-5.0, 10.0), (0.0, 15.0)], 0.397887,
+    "Branin-Hoo, 2-d, three global minima", pass_dim=False,
+)
+_make("hartmann3", "Hartmann", 3, _box(0.0, 1.0, 3), -3.86278, "Hartmann, 3-d, on [0, 1]^3")
+_make("hartmann6", "Hartmann", 6, _box(0.0, 1.0, 6), -3.32237, "Hartmann, 6-d, on [0, 1]^6")
+for _d in (2, 5):
+    _make(
+        f"ackley{_d}", "Ackley", _d, _box(-32.768, 32.768, _d), 0.0,
+        f"Ackley, {_d}-d, highly multimodal, minimum at 0",
+    )
+for _d in (4, 8):
+    _make(f"levy{_d}", "Levy", _d, _box(-10.0, 10.0, _d), 0.0, f"Levy, {_d}-d, minimum at 1")
+_make(
+    "rosenbrock4", "Rosenbrock", 4, _box(-5.0, 10.0, 4), 0.0,
+    "Rosenbrock, 4-d, curved valley, minimum at 1",
+)
+for _d in (4, 8):
+    _make(
+        f"styblinski_tang{_d}", "StyblinskiTang", _d, _box(-5.0, 5.0, _d),
+        STYBLINSKI_TANG_MIN * _d, f"Styblinski-Tang, {_d}-d, minimum at -2.9035",
+    )
+# botorch knows Michalewicz's optimum for d = 2, 5, 10 only
+for _d, _opt in ((2, -1.80130341), (5, -4.687658)):
+    _make(
+        f"michalewicz{_d}", "Michalewicz", _d, _box(0.0, math.pi, _d), _opt,
+        f"Michalewicz (m=10), {_d}-d, steep narrow valleys",
+    )

@@ -1,0 +1,68 @@
+import json
+import math
+
+import pytest
+from click.testing import CliRunner
+
+from bbopt import bench
+from bbopt.cli import main
+from bbopt.objective import ObjectiveError, parse_value
+
+
+def test_bench_writes_tables_json_png_and_resumes(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    md = tmp_path / "BENCH.md"
+    args = ["bench", "--tasks", "branin,hartmann3", "--methods", "cma-es,optuna-tpe",
+            "--budget", "12", "--seeds", "2", "--out", str(out), "--markdown", str(md)]
+    r = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    runs = (out / "runs.jsonl").read_text().splitlines()
+    assert len(runs) == 2 * 3 * 2  # random is added as the reference
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["methods"] == ["random", "cma-es", "optuna-tpe"]
+    assert summary["checkpoints"] == [10, 12]
+    assert summary["mean_score"]["random"] == 0.0
+    assert set(summary["latency"]["cma-es"]) == {"10"}
+    q = summary["log10_regret"]["branin"]["cma-es"]["12"]
+    assert q[1] <= q[0] <= q[2]
+    text = md.read_text()
+    assert "### `bbopt bench --tasks branin,hartmann3 --methods cma-es,optuna-tpe --budget 12" in text
+    assert "| hartmann3 | 12 |" in text and "Normalized score" in text
+    assert (out / "regret.png").read_bytes()[:4] == b"\x89PNG"
+
+    def boom(spec):  # everything is cached: nothing may run again
+        raise AssertionError(f"re-ran {spec}")
+
+    monkeypatch.setattr(bench, "run_one", boom)
+    r = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert r.exit_code == 0 and len((out / "runs.jsonl").read_text().splitlines()) == 12
+
+
+def test_summary_regret_and_score_on_hand_made_runs(monkeypatch):
+    class T:
+        optimum = 1.0
+
+    monkeypatch.setattr("bbopt.tasks.base.get_task", lambda name: T())
+    runs = []
+    for seed, (r_best, g_best) in enumerate([(2.0, 1.1), (3.0, 1.01), (5.0, 1.001)]):
+        runs.append({"task": "t", "method": "random", "seed": seed, "budget": 10,
+                     "best": [r_best] * 10, "latency": {"10": 0.001}})
+        runs.append({"task": "t", "method": "gp-ei", "seed": seed, "budget": 10,
+                     "best": [g_best] * 10, "latency": {"10": 0.1}})
+    s = bench.summarize(runs)
+    med, lo, hi = s["log10_regret"]["t"]["random"]["10"]
+    assert med == pytest.approx(math.log10(3 - 1))
+    # median regret: random 2.0, gp-ei 0.01 -> score 100 * (1 - 0.01 / 2)
+    assert abs(s["mean_score"]["gp-ei"] - 99.5) < 1e-9
+    assert s["latency"]["gp-ei"]["10"] == 0.1
+
+
+def test_parse_value_takes_the_last_number():
+    assert parse_value("epoch 3 loss 0.25\nval 1e-3\n") == 1e-3
+    assert parse_value("-4.5") == -4.5
+    try:
+        parse_value("no numbers here")
+    except ObjectiveError as e:
+        assert "printed no number" in str(e)
+    else:
+        raise AssertionError("expected ObjectiveError")

@@ -1,0 +1,152 @@
+"""Benchmark tasks: synthetic optima, the registry, and the hyperparameter-tuning tasks."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from bbopt.tasks import base
+from bbopt.tasks.base import SUITES, Task, get_suite, get_task, register, task_names
+
+from bbopt.space import Space
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACES = ROOT / "tasks" / "spaces"
+HPO = ["digits_mlp", "breast_cancer_gbm", "wine_svm"]
+
+
+def _optimizers(task: Task) -> list[dict[str, float]]:
+    try:
+        opts = task.fn.function.optimizers
+    except NotImplementedError:  # botorch has none (michalewicz5)
+        return []
+    return [{f"x{i}": float(v) for i, v in enumerate(o)} for o in opts.tolist()]
+
+
+# -- synthetic ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", SUITES["synthetic"])
+def test_synthetic_matches_botorch(name):
+    task = get_task(name)
+    f = task.fn.function
+    lows = [p.low for p in task.space.params.values()]
+    highs = [p.high for p in task.space.params.values()]
+    assert task.space.names == [f"x{i}" for i in range(f.dim)]
+    assert f.bounds.tolist() == [lows, highs]
+    assert task.optimum == pytest.approx(f.optimal_value, abs=1e-5)
+    assert f.noise_std is None and not f.negate
+
+
+@pytest.mark.parametrize("name", SUITES["synthetic"])
+def test_synthetic_optimum_and_random_points(name):
+    task = get_task(name)
+    for x in _optimizers(task):
+        assert task(x) == pytest.approx(task.optimum, abs=1e-3)
+        assert task.regret(task(x)) < 1e-3
+    if name != "michalewicz5":
+        assert _optimizers(task), "botorch should know an optimizer"
+    rng = np.random.default_rng(1)
+    for u in rng.random((50, task.space.dim)):
+        params = task.space.decode(u)
+        value = task(params)
+        assert isinstance(value, float) and math.isfinite(value)
+        assert value >= task.optimum - 1e-6
+        assert task.regret(value) == max(value - task.optimum, 0.0)
+
+
+def test_synthetic_import_is_cheap_and_suites():
+    assert set(SUITES["quick"]) <= set(SUITES["synthetic"])
+    assert [t.name for t in get_suite("quick")] == ["branin", "hartmann3"]
+    assert set(SUITES["synthetic"]) | set(HPO) <= set(task_names())
+    assert task_names() == sorted(task_names())
+    t = get_task("hartmann6")
+    assert t.space.dim == 6 and "Hartmann" in t.description
+
+
+# -- Task and the registry ---------------------------------------------------------------
+def test_regret():
+    t = Task("t", Space({"x": {"type": "float", "low": 0, "high": 1}}), lambda p: p["x"], 0.25)
+    assert t({"x": 0.75}) == 0.75 and isinstance(t({"x": 1}), float)
+    assert t.regret(0.75) == 0.5
+    assert t.regret(0.25) == 0.0
+    assert t.regret(0.2) == 0.0  # clipped
+    with pytest.raises(ValueError, match="no known optimum"):
+        Task("u", t.space, t.fn).regret(1.0)
+    with pytest.raises(ValueError, match="no known optimum"):
+        get_task("wine_svm").regret(0.1)
+
+
+def test_register_and_unknown_names(monkeypatch):
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    t = Task("my_task", Space({"x": {"type": "int", "low": 0, "high": 3}}), lambda p: p["x"])
+    assert register(t) is t and get_task("my_task") is t
+    assert "my_task" in task_names()
+    with pytest.raises(ValueError, match=r"unknown task 'nope'.*branin.*digits_mlp"):
+        get_task("nope")
+    with pytest.raises(ValueError, match=r"unknown suite 'nope'.*hpo.*quick.*synthetic"):
+        get_suite("nope")
+    with pytest.raises(TypeError):
+        register("branin")
+
+
+# -- hyperparameter tuning ---------------------------------------------------------------
+@pytest.fixture
+def one_thread():
+    """Run on one thread: on a busy shared machine, OpenMP/torch threads fighting over
+    cores make a 0.2 s fit take seconds."""
+    from threadpoolctl import threadpool_limits
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _sample(space: Space) -> dict:
+    return space.decode(np.random.default_rng(0).random(space.dim))
+
+
+@pytest.mark.parametrize("name", HPO)
+def test_hpo_space_files_match(name):
+    from bbopt.tasks import hpo
+
+    fn = getattr(hpo, name)
+    assert Space.load(SPACES / f"{name}.json") == fn.space
+    task = get_task(name)
+    assert task.space == fn.space and task.optimum is None
+
+
+def test_hpo_loads_by_file_path(monkeypatch):
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))  # it registers again
+    spec = importlib.util.spec_from_file_location("hpo_by_path", ROOT / "tasks" / "hpo.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for name in HPO:
+        assert getattr(mod, name).space == Space.load(SPACES / f"{name}.json")
+
+
+@pytest.mark.parametrize(
+    "name, lo, hi",
+    [("breast_cancer_gbm", 0.0, 1.0), ("wine_svm", 0.0, 0.7)],
+)
+def test_hpo_value(name, lo, hi, one_thread):
+    task = get_task(name)
+    value = task(_sample(task.space))
+    assert isinstance(value, float) and math.isfinite(value) and lo <= value <= hi
+
+
+def test_digits_mlp_value_and_deterministic(one_thread):
+    task = get_task("digits_mlp")
+    params = _sample(task.space)
+    state = torch.get_rng_state()
+    first = task(params)
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left alone
+    torch.rand(3)
+    assert math.isfinite(first) and 0.0 <= first <= 0.5  # 10 classes: chance is 0.9
+    assert task(params) == first
