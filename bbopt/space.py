@@ -70,8 +70,10 @@ class Float:
         return (self._t(v) - lo) / (hi - lo)
 
     def decode(self, u: float) -> float:
+        if u <= 0.0 or u >= 1.0:  # the bounds exactly, without log/exp rounding
+            return self.low if u <= 0.0 else self.high
         lo, hi = self._t(self.low), self._t(self.high)
-        x = lo + min(max(u, 0.0), 1.0) * (hi - lo)
+        x = lo + u * (hi - lo)
         v = math.exp(x) if self.log else x
         return min(max(v, self.low), self.high)
 

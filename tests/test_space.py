@@ -64,6 +64,7 @@ def test_int_bins_are_equal():
 
 def test_log_float_is_linear_in_log_space():
     p = Float(1e-4, 1e-0, log=True)
+    assert (p.decode(0.0), p.decode(1.0), p.decode(-0.5)) == (1e-4, 1.0, 1e-4)
     assert p.decode(0.5) == pytest.approx(1e-2)
     assert p.encode(1e-3) == pytest.approx(0.25)
 
