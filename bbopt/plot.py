@@ -17,6 +17,7 @@ def plot_study(study: Study, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     done = [t for t in study.trials if t.state is TrialState.COMPLETE]
     params = study.space.params
@@ -45,6 +46,7 @@ def plot_study(study: Study, path: Path) -> None:
             ax.scatter(xs, values, s=12, alpha=0.6, c=ids, cmap="viridis")
             if isinstance(p, Float | Int) and p.log:
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap
         ax.set_title(f"slice: {name}")
         ax.set_xlabel(name)
         ax.set_ylabel("value")
