@@ -141,3 +141,33 @@ def test_postgresql_resume_and_two_processes(postgres_url):
     assert len({t.params["x"] for t in trials}) == 31
     with pytest.raises(StudyError, match="no study named"):
         Study.load("ghost", postgres_url)
+
+
+def test_reads_do_not_wait_for_a_long_ask(tmp_path):
+    import threading
+    import time
+
+    from bbopt.storage import SQLStorage
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    s = Study(SPACE, method="random", seed=0, storage=url, name="r")
+    s.tell(s.ask(), 1.0)
+    writer = SQLStorage(url)
+    record = writer.get_study("r")
+    holding, release = threading.Event(), threading.Event()
+
+    def slow_propose(history):  # an optimizer that thinks for a while, holding the lock
+        holding.set()
+        release.wait(10)
+        return [({"x": 0.5, "k": 2}, {})]
+
+    t = threading.Thread(target=writer.ask, args=(record.id, slow_propose))
+    t.start()
+    assert holding.wait(10)
+    start = time.perf_counter()
+    trials = Study.load("r", url).trials  # another connection, as another process would
+    elapsed = time.perf_counter() - start
+    release.set()
+    t.join(10)
+    assert len(trials) == 1 and elapsed < 2.0
+    assert len(Study.load("r", url).trials) == 2

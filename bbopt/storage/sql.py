@@ -108,7 +108,10 @@ class SQLStorage:
         self._lock = threading.RLock()  # one in-process writer at a time (in-memory SQLite)
         self.engine = self._make_engine(parsed)
         try:
-            metadata.create_all(self.engine)
+            with self._read() as conn:  # creating takes the write lock: only when needed
+                missing = not all(sa.inspect(conn).has_table(t) for t in metadata.tables)
+            if missing:
+                metadata.create_all(self.engine)
         except SQLAlchemyError as e:
             raise StorageError(f"cannot open database {self._safe_url()}: {e.orig or e}") from None
 
@@ -137,7 +140,10 @@ class SQLStorage:
 
         @sa.event.listens_for(engine, "begin")
         def _begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")  # take the write lock up front
+            if conn.get_execution_options().get("bbopt_read"):
+                conn.exec_driver_sql("BEGIN")  # readers never wait for a writer (WAL)
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")  # take the write lock up front
 
         return engine
 
@@ -162,7 +168,7 @@ class SQLStorage:
     def _read(self) -> Iterator[Connection]:
         with self._lock:
             try:
-                with self.engine.connect() as conn:
+                with self.engine.connect().execution_options(bbopt_read=True) as conn:
                     yield conn
             except OperationalError as e:
                 raise StorageError(f"database error on {self._safe_url()}: {e.orig}") from None
