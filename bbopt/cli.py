@@ -365,5 +365,112 @@ def bench(suite: str, task_list: str | None, methods: str, budget: int, seeds: i
     click.echo(f"mean normalized score: {json.dumps(summary['mean_score'])}")
 
 
+# -- meta-training -----------------------------------------------------------------------------
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+
+
+@main.group()
+def train() -> None:
+    """Meta-train learned optimizers."""
+
+
+@train.command("bbo")
+@click.option("--out", "run_dir", type=click.Path(file_okay=False), required=True,
+              help="Run folder: log.jsonl, last.pt (resume point), best.pt (best on validation).")
+@click.option("--core", type=click.Choice(["lstm", "dnc"]), default="lstm", show_default=True)
+@click.option("--loss", type=click.Choice(["log-regret", "oi", "summed", "ei"]),
+              default="log-regret", show_default=True)
+@click.option("--iterations", type=click.IntRange(min=1), default=2000, show_default=True)
+@click.option("--horizon", type=click.IntRange(min=2), default=100, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--dims", default="1,2,3,4,6,8,12", show_default=True,
+              help="Dimensions of the training functions (one drawn per batch).")
+@click.option("--parallel", default="1,1,1,2,4,8", show_default=True,
+              help="Rounds of proposals made before their values are seen (one drawn per batch).")
+@click.option("--hidden", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--layers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--step-weighting", type=click.Choice(["uniform", "late"]), default="uniform",
+              show_default=True)
+@click.option("--rate-weight", type=float, default=0.0, show_default=True,
+              help="Weight lambda of the convergence-rate term.")
+@click.option("--val-every", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--device", default=None, help="torch device (default: cuda if present, else cpu).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+def train_bbo(run_dir: str, core: str, loss: str, iterations: int, horizon: int, batch: int,
+              dims: str, parallel: str, hidden: int, layers: int, lr: float,
+              step_weighting: str, rate_weight: float, val_every: int, seed: int,
+              device: str | None, threads: int | None) -> None:
+    """Meta-train the black-box policy on GP-prior functions; resumes from OUT/last.pt."""
+    import torch
+
+    from bbopt.meta.trainer import BBOTrainConfig, BBOTrainer
+
+    if threads:
+        torch.set_num_threads(threads)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        config = BBOTrainConfig(core=core, loss=loss, iterations=iterations, horizon=horizon,
+                                batch=batch, dims=_ints(dims), parallel=_ints(parallel),
+                                hidden=hidden, layers=layers, lr=lr,
+                                step_weighting=step_weighting, rate_weight=rate_weight,
+                                val_every=val_every, seed=seed, device=device)
+        trainer = BBOTrainer(config, run_dir,
+                             command="bbopt " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    result = trainer.run()
+    click.echo(json.dumps(result))
+
+
+@train.command("eval")
+@click.argument("weights", nargs=-1, required=True)
+@click.option("--dims", default="2,4,8", show_default=True)
+@click.option("--functions", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--horizon", type=click.IntRange(min=2), default=100, show_default=True)
+@click.option("--parallel", default="1", show_default=True,
+              help="Comma-separated proposal round sizes to evaluate (parallel mode).")
+@click.option("--markdown", type=click.Path(dir_okay=False), default=None,
+              help="Append the table (with this command) to this file.")
+def train_eval(weights: tuple[str, ...], dims: str, functions: int, horizon: int,
+               parallel: str, markdown: str | None) -> None:
+    """Compare policy WEIGHTS files (or run folders: their best.pt) with random search on
+    fresh GP-prior samples: log10 simple regret at the horizon, median and mean."""
+    from bbopt.meta.trainer import evaluate, load_policy
+
+    policies: dict[str, Any] = {"random": None}
+    for w in weights:
+        path = Path(w) / "best.pt" if Path(w).is_dir() else Path(w)
+        try:
+            policies[w] = load_policy(path)[0]
+        except (OSError, ValueError) as e:
+            raise click.ClickException(f"{path}: {e}") from None
+    ds = _ints(dims)
+    header = "| policy | parallel | " + " | ".join(f"d={d}" for d in ds) + " |"
+    lines = [header, "|" + "---|" * (len(ds) + 2)]
+    for q in _ints(parallel):
+        res = evaluate(policies, ds, functions, horizon, parallel=q)
+        for label, r in res.items():
+            if label == "random" and q != _ints(parallel)[0]:
+                continue
+            cells = [f"{r[f'd{d} median']:.2f} ({r[f'd{d} mean']:.2f})" for d in ds]
+            lines.append(f"| {label} | {'-' if label == 'random' else q} | "
+                         + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    click.echo(table)
+    if markdown:
+        command = "bbopt train eval " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+        with open(markdown, "a") as f:
+            f.write(f"\n### `{command}`\n\n{time.strftime('%Y-%m-%d')}, {functions} fresh "
+                    f"GP-prior functions per dimension, horizon {horizon}. log10 simple regret "
+                    "in prior standard deviations, median (mean) over functions; lower is "
+                    f"better.\n\n{table}\n")
+
+
 if __name__ == "__main__":
     main()

@@ -46,7 +46,7 @@ class Task:
 _REGISTRY: dict[str, Task] = {}
 
 # Modules that register the built-in tasks, imported on first lookup.
-_BUILTIN_MODULES = ("bbopt.tasks.synthetic", "bbopt.tasks.hpo")
+_BUILTIN_MODULES = ("bbopt.tasks.synthetic", "bbopt.tasks.hpo", "bbopt.tasks.gp_prior")
 
 SUITES: dict[str, list[str]] = {
     "synthetic": [
@@ -64,6 +64,7 @@ SUITES: dict[str, list[str]] = {
         "michalewicz5",
     ],
     "quick": ["branin", "hartmann3"],
+    "gp-prior": ["gp2", "gp4", "gp8"],
     "hpo": ["digits_mlp", "breast_cancer_gbm", "wine_svm"],
 }
 

@@ -68,7 +68,7 @@ class Optimizer(ABC):
 _REGISTRY: dict[str, Callable[..., Optimizer]] = {}
 
 #: The method a study uses when none is named.
-DEFAULT_METHOD = "gp-ei"
+DEFAULT_METHOD = "learned"
 
 
 def register(name: str) -> Callable[[type[Optimizer]], type[Optimizer]]:
@@ -103,4 +103,4 @@ def make_optimizer(method: str, dim: int, seed: int, options: dict[str, Any]) ->
 
 def _load_builtin() -> None:
     # Imported on first use: the GP and peer optimizers pull in heavy libraries.
-    from bbopt.optimizers import gp_ei, peers, random  # noqa: F401
+    from bbopt.optimizers import gp_ei, learned, peers, random  # noqa: F401

@@ -1,0 +1,322 @@
+"""Meta-training of the black-box policy on functions sampled from a GP prior.
+
+Backpropagation through whole trajectories (``horizon`` queries, 100 by default) on
+batches of random functions, Adam with gradient-norm clipping, validation on a fixed set
+of held-out GP samples, and checkpoints: ``last.pt`` (everything needed to resume,
+written every ``checkpoint_every`` iterations and at the end) and ``best.pt`` (the
+policy with the best validation score so far, in the shipped-weights format, because
+longer training can make held-out regret worse). A run directory that holds ``last.pt``
+resumes from it. Progress goes to stdout and to ``log.jsonl`` in the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bbopt.meta.losses import LOSSES, bbo_loss, step_weights
+from bbopt.nets.policy import BBOPolicy, rollout
+
+WEIGHTS_FORMAT = "bbopt-bbo-policy-v1"
+
+
+@dataclass
+class BBOTrainConfig:
+    """Everything that defines a meta-training run (saved with every checkpoint)."""
+
+    core: str = "lstm"
+    hidden: int = 64
+    layers: int = 2
+    dims: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12)
+    horizon: int = 100
+    batch: int = 32
+    loss: str = "oi"
+    step_weighting: str = "uniform"
+    rate_weight: float = 0.0
+    parallel: tuple[int, ...] = (1, 1, 1, 2, 4, 8)
+    lr: float = 1e-3
+    clip: float = 1.0
+    iterations: int = 2000
+    val_every: int = 100
+    checkpoint_every: int = 50
+    val_dims: tuple[int, ...] = (2, 4, 8)
+    val_functions: int = 32
+    kernel: str = "mixed"
+    lengthscale_range: tuple[float, float] = (0.05, 2.0)
+    noise_std_range: tuple[float, float] = (0.0, 0.0)
+    num_features: int = 256
+    seed: int = 0
+    device: str = "cpu"
+    core_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; expected one of {', '.join(LOSSES)}")
+        if self.core not in ("lstm", "dnc"):
+            raise ValueError(f"unknown core {self.core!r}; expected 'lstm' or 'dnc'")
+        for name in ("dims", "val_dims", "parallel"):
+            vals = tuple(int(v) for v in getattr(self, name))
+            if not vals or min(vals) < 1:
+                raise ValueError(f"{name} must be a non-empty list of positive integers")
+            setattr(self, name, vals)
+        for name in ("horizon", "batch", "iterations", "val_every", "checkpoint_every",
+                     "val_functions", "hidden", "layers", "num_features"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer")
+        self.lengthscale_range = tuple(self.lengthscale_range)  # type: ignore[assignment]
+        self.noise_std_range = tuple(self.noise_std_range)  # type: ignore[assignment]
+
+    def make_policy(self) -> BBOPolicy:
+        opts = dict(self.core_options)
+        if self.core == "lstm":
+            opts.setdefault("layers", self.layers)
+        return BBOPolicy(self.core, hidden=self.hidden, **opts)
+
+    def prior(self) -> Any:
+        from bbopt.tasks.gp_prior import GPPrior
+
+        return GPPrior(kernel=self.kernel, lengthscale_range=self.lengthscale_range,
+                       noise_std_range=self.noise_std_range, num_features=self.num_features)
+
+
+def _scaled(fn: Any, y: torch.Tensor) -> torch.Tensor:
+    """Values in units of the function's prior standard deviation, offset removed."""
+    return (y - fn.offset[:, None]) / fn.outputscale.sqrt()[:, None]
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, cwd=Path(__file__).resolve().parent, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class ValidationSet:
+    """Held-out GP samples (seeded apart from training) with their estimated minima."""
+
+    def __init__(self, prior: Any, dims: tuple[int, ...], n: int, seed: int,
+                 device: torch.device) -> None:
+        self.sets = []
+        for d in dims:
+            g = torch.Generator().manual_seed(10_000_019 + 7919 * seed + d)
+            fn = prior.sample(n, d, generator=g, device=device)
+            _, fmin = fn.minimum(generator=g)
+            self.sets.append((d, fn, fmin))
+
+    @torch.no_grad()
+    def evaluate(self, policy: BBOPolicy, horizon: int, parallel: int = 1,
+                 seed: int = 0) -> dict[str, float]:
+        """Mean log10 simple regret (in prior std units) at the horizon, per dim and overall."""
+        policy.eval()
+        out: dict[str, float] = {}
+        for d, fn, fmin in self.sets:
+            g = torch.Generator(device=fn.device).manual_seed(seed + d)
+            _, y = rollout(policy, fn, horizon, parallel=parallel, generator=g)
+            regret = (y.min(dim=1).values - fmin).clamp_min(0) / fn.outputscale.sqrt()
+            out[f"d{d}"] = float(torch.log10(regret + 1e-6).mean())
+        out["mean"] = sum(out[f"d{d}"] for d, _, _ in self.sets) / len(self.sets)
+        policy.train()
+        return out
+
+
+def save_policy(path: str | Path, policy: BBOPolicy, meta: dict[str, Any]) -> None:
+    """Write a policy in the shipped-weights format (config + state_dict + metadata)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"format": WEIGHTS_FORMAT, "config": policy.config,
+                "state_dict": policy.state_dict(), "meta": meta}, tmp)
+    os.replace(tmp, path)
+
+
+def load_policy(path: str | Path, device: str | torch.device = "cpu"
+                ) -> tuple[BBOPolicy, dict[str, Any]]:
+    """Read a policy written by ``save_policy``; returns it (in eval mode) and its metadata."""
+    blob = torch.load(Path(path), map_location=device, weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != WEIGHTS_FORMAT:
+        raise ValueError(f"{path} is not a bbopt black-box policy ({WEIGHTS_FORMAT})")
+    config = dict(blob["config"])
+    core = config.pop("core")
+    hidden = config.pop("hidden")
+    policy = BBOPolicy(core, hidden=hidden, **config)
+    policy.load_state_dict(blob["state_dict"])
+    policy.to(device).eval()
+    return policy, blob.get("meta", {})
+
+
+class BBOTrainer:
+    """Meta-trains a ``BBOPolicy``; ``run()`` trains until ``config.iterations``."""
+
+    def __init__(self, config: BBOTrainConfig, run_dir: str | Path,
+                 command: str | None = None, log: Any = None) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.command = command or " ".join(["bbopt", *sys.argv[1:]])
+        self.log = log or (lambda msg: print(msg, flush=True))
+        self.device = torch.device(config.device)
+        torch.manual_seed(config.seed)
+        self.policy = config.make_policy().to(self.device)
+        self.optim = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.iteration = 0
+        self.best_val = math.inf
+        self.history: list[dict[str, Any]] = []
+        self.prior = config.prior()
+        last = self.run_dir / "last.pt"
+        if last.exists():
+            self._resume(last)
+        self.val = ValidationSet(self.prior, config.val_dims, config.val_functions,
+                                 config.seed, self.device)
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def _resume(self, path: Path) -> None:
+        blob = torch.load(path, map_location=self.device, weights_only=False)
+        saved = blob["config"]
+        mine = asdict(self.config)
+        for key in ("core", "hidden", "layers", "core_options"):
+            if saved.get(key) != mine.get(key):
+                raise ValueError(f"{path}: cannot resume, the checkpoint has {key}="
+                                 f"{saved.get(key)!r} and this run asks for {mine.get(key)!r}")
+        self.policy.load_state_dict(blob["policy"])
+        self.optim.load_state_dict(blob["optim"])
+        self.generator.set_state(blob["generator"])
+        self.iteration = blob["iteration"]
+        self.best_val = blob["best_val"]
+        self.history = blob["history"]
+        self.log(f"resumed {path} at iteration {self.iteration} (best val {self.best_val:.3f})")
+
+    def _checkpoint(self) -> None:
+        tmp = self.run_dir / "last.tmp"
+        torch.save({"config": asdict(self.config), "policy": self.policy.state_dict(),
+                    "optim": self.optim.state_dict(), "generator": self.generator.get_state(),
+                    "iteration": self.iteration, "best_val": self.best_val,
+                    "history": self.history}, tmp)
+        os.replace(tmp, self.run_dir / "last.pt")
+
+    def _meta(self, val: dict[str, float]) -> dict[str, Any]:
+        c = self.config
+        return {
+            "command": self.command, "commit": git_commit(), "iteration": self.iteration,
+            "dims": list(c.dims), "horizon": c.horizon, "loss": c.loss,
+            "step_weighting": c.step_weighting, "rate_weight": c.rate_weight,
+            "parallel": list(c.parallel), "batch": c.batch, "lr": c.lr,
+            "prior": {"kernel": c.kernel, "lengthscale_range": list(c.lengthscale_range),
+                      "noise_std_range": list(c.noise_std_range)},
+            "validation": {"metric": "mean log10 simple regret at the horizon, in prior "
+                                     "std units, held-out GP samples", **val},
+            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+
+    # -- training -------------------------------------------------------------------------
+
+    def step(self) -> float:
+        """One meta-gradient step on a fresh batch of functions; returns the loss."""
+        c, g = self.config, self.generator
+        d = c.dims[int(torch.randint(len(c.dims), (1,), generator=g))]
+        q = c.parallel[int(torch.randint(len(c.parallel), (1,), generator=g))]
+        fn = self.prior.sample(c.batch, d, generator=g, device=self.device)
+        x, y = rollout(self.policy, fn, c.horizon, parallel=q, generator=g)
+        w = step_weights(c.horizon, c.step_weighting, device=self.device, dtype=y.dtype)
+        y_min = None
+        if c.loss == "log-regret":
+            _, f_min = fn.minimum(n_candidates=2048, refine_steps=30, generator=g)
+            y_min = _scaled(fn, f_min[:, None])[:, 0]
+        loss = bbo_loss(c.loss, x, _scaled(fn, y), w, fn=fn, rate_weight=c.rate_weight,
+                        y_min=y_min)
+        self.optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), c.clip)
+        self.optim.step()
+        return float(loss.detach())
+
+    def validate(self) -> dict[str, float]:
+        val = self.val.evaluate(self.policy, self.config.horizon)
+        if val["mean"] < self.best_val:
+            self.best_val = val["mean"]
+            save_policy(self.run_dir / "best.pt", self.policy, self._meta(val))
+            val["best"] = 1.0
+        return val
+
+    def run(self) -> dict[str, Any]:
+        c = self.config
+        if self.iteration == 0:
+            val = self.validate()
+            self._record({"iteration": 0, "val": val})
+        t0, losses = time.perf_counter(), []
+        while self.iteration < c.iterations:
+            losses.append(self.step())
+            self.iteration += 1
+            if self.iteration % c.val_every == 0 or self.iteration == c.iterations:
+                val = self.validate()
+                dt = (time.perf_counter() - t0) / len(losses)
+                self._record({"iteration": self.iteration, "loss": sum(losses) / len(losses),
+                              "s_per_it": dt, "val": val})
+                t0, losses = time.perf_counter(), []
+            if self.iteration % c.checkpoint_every == 0 or self.iteration == c.iterations:
+                self._checkpoint()
+        return {"iteration": self.iteration, "best_val": self.best_val,
+                "best": str(self.run_dir / "best.pt")}
+
+    def _record(self, entry: dict[str, Any]) -> None:
+        entry["time"] = time.strftime("%H:%M:%S")
+        self.history.append(entry)
+        with open(self.run_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        val = entry["val"]
+        dims = " ".join(f"{k}={v:.3f}" for k, v in val.items() if k.startswith("d"))
+        loss = f" loss {entry['loss']:+.4f} ({entry['s_per_it']:.2f} s/it)" if "loss" in entry else ""
+        star = " *" if val.get("best") else ""
+        self.log(f"[{entry['time']}] it {entry['iteration']:>6}{loss} | val log10 regret "
+                 f"{val['mean']:.3f} ({dims}){star}")
+
+
+#: Seeds of the evaluation functions of ``evaluate``: apart from training (seed 0..),
+#: validation (10_000_019..) and the benchmark tasks (777_000_000..).
+EVAL_SEED = 333_000_000
+
+
+def evaluate(policies: dict[str, BBOPolicy | None], dims: tuple[int, ...], functions: int,
+             horizon: int = 100, parallel: int = 1, seed: int = EVAL_SEED,
+             device: str | torch.device = "cpu") -> dict[str, dict[str, float]]:
+    """Median and mean log10 simple regret at ``horizon`` on fresh GP-prior samples.
+
+    ``policies`` maps a label to a policy, or to None for uniform random search (the
+    reference). The functions (mixed RBF / Matern-5/2 prior) and the random draws are the
+    same for every policy. Returns ``{label: {"d2 median": ..., "d2 mean": ..., ...}}``.
+    """
+    from bbopt.tasks.gp_prior import GPPrior
+
+    prior = GPPrior(kernel="mixed")
+    out: dict[str, dict[str, float]] = {label: {} for label in policies}
+    for d in dims:
+        g = torch.Generator().manual_seed(seed + d)
+        fn = prior.sample(functions, d, generator=g, device=device)
+        _, f_min = fn.minimum(generator=g)
+        scale = fn.outputscale.sqrt()
+        for label, policy in policies.items():
+            draws = torch.Generator(device=fn.device).manual_seed(seed + 1000 + d)
+            with torch.no_grad():
+                if policy is None:
+                    x = torch.rand(functions, horizon, d, generator=draws, device=fn.device)
+                    y = fn(x)
+                else:
+                    policy.eval()
+                    _, y = rollout(policy, fn, horizon, parallel=parallel, generator=draws)
+            regret = (y.min(dim=1).values - f_min).clamp_min(0) / scale
+            logr = torch.log10(regret + 1e-6)
+            out[label][f"d{d} median"] = float(logr.median())
+            out[label][f"d{d} mean"] = float(logr.mean())
+    return out

@@ -1,0 +1,42 @@
+"""A multi-layer LSTM core (``nn.LSTMCell`` stack) behind the ``RecurrentCore`` interface."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bbopt.nets.base import RecurrentCore, State
+
+
+class LSTMCore(RecurrentCore):
+    """``layers`` stacked LSTM cells of width ``hidden``; the output is the top layer's h.
+
+    The state is ``(h_1, c_1, ..., h_L, c_L)``, each (N, hidden).
+    """
+
+    def __init__(self, input_size: int, hidden: int = 64, layers: int = 2) -> None:
+        super().__init__()
+        if input_size < 1 or hidden < 1 or layers < 1:
+            raise ValueError("input_size, hidden and layers must be positive")
+        self.input_size, self.output_size = input_size, hidden
+        self.hidden, self.layers = hidden, layers
+        self.cells = nn.ModuleList(
+            nn.LSTMCell(input_size if i == 0 else hidden, hidden) for i in range(layers)
+        )
+        for cell in self.cells:  # forget-gate bias 1: remember by default
+            with torch.no_grad():
+                cell.bias_ih[hidden:2 * hidden].fill_(1.0)
+                cell.bias_hh[hidden:2 * hidden].zero_()
+
+    def initial_state(self, n: int, device: torch.device | None = None,
+                      dtype: torch.dtype = torch.float32) -> State:
+        z = torch.zeros(n, self.hidden, device=device, dtype=dtype)
+        return tuple(z for _ in range(2 * self.layers))
+
+    def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        new: list[torch.Tensor] = []
+        h = x
+        for i, cell in enumerate(self.cells):
+            h, c = cell(h, (state[2 * i], state[2 * i + 1]))
+            new += [h, c]
+        return h, tuple(new)

@@ -1,0 +1,225 @@
+"""The learned black-box optimizer's policy (Chen et al. 2017, with a structured proposal).
+
+The policy reads the history one observation at a time and proposes the next query in
+the unit cube. Two choices make one set of weights work for any dimension and any scale
+of values:
+
+* **Coordinatewise core.** The recurrent core (LSTM or DNC) runs on one row per
+  coordinate with shared weights, like the coordinatewise optimizer of Andrychowicz et
+  al. 2016. Each row sees its own coordinate's features, the function-level features
+  (value ranks and values normalized within the run) and the mean of all rows' previous
+  outputs, so coordinates coordinate through a permutation-invariant pooling.
+* **Stochastic, structured proposal.** The network does not emit a point; it emits how
+  to sample one::
+
+      local = x_best + alpha * (m_elite - x_best) + beta * s_elite + sigma * z
+      x     = reflect((1 - g) * u + g * local)          u ~ U[0,1]^d, z ~ N(0, I)
+
+  where ``x_best`` is the incumbent, ``m_elite`` / ``s_elite`` the mean and spread of the
+  best 20% of points per coordinate, ``sigma = exp(l) * s_elite`` and the gate ``g`` (one
+  per run) moves between uniform search (g = 0) and local search around the incumbent
+  (g = 1). Sampling is reparameterized (gradients flow through ``u`` and ``z``), so the
+  policy is meta-trained by backpropagation through differentiable training functions,
+  and several proposals from one state are distinct, which is the parallel mode.
+
+Everything in ``RunState`` is batched over ``B`` independent runs of dimension ``d``;
+inference is the same code with ``B = 1``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from bbopt.nets.base import RecurrentCore, State
+
+ELITE_FRACTION = 0.2
+_FUNCTION_FEATURES = 7
+_COORD_FEATURES = 6
+_EPS_SPREAD = 1e-3
+
+
+def reflect(v: torch.Tensor) -> torch.Tensor:
+    """Fold the real line onto [0, 1] by reflection at the faces (a triangle wave)."""
+    w = torch.remainder(v, 2.0)
+    return 1.0 - (w - 1.0).abs()
+
+
+def make_core(kind: str, input_size: int, **kwargs: Any) -> RecurrentCore:
+    """A recurrent core by name: ``"lstm"`` or ``"dnc"``."""
+    if kind == "lstm":
+        from bbopt.nets.lstm import LSTMCore
+
+        return LSTMCore(input_size, **kwargs)
+    if kind == "dnc":
+        from bbopt.nets.dnc import DNCCore
+
+        return DNCCore(input_size, **kwargs)
+    raise ValueError(f"unknown core {kind!r}; expected 'lstm' or 'dnc'")
+
+
+@dataclass
+class RunState:
+    """Everything the policy knows about ``B`` runs after ``n`` observations."""
+
+    core: State
+    out: torch.Tensor  # (B*d, H) the core's latest output
+    X: torch.Tensor  # (B, n, d) observed points
+    Y: torch.Tensor  # (B, n) observed values (raw; normalized inside the policy)
+    best_x: torch.Tensor  # (B, d)
+    elite_mean: torch.Tensor  # (B, d)
+    elite_spread: torch.Tensor  # (B, d)
+    since_best: torch.Tensor  # (B,) observations since the last improvement
+    log_sigma: torch.Tensor  # (B, d) the last proposal's log step multiplier
+    gate: torch.Tensor  # (B,) the last proposal's gate
+
+    @property
+    def n(self) -> int:
+        return self.X.shape[1]
+
+    @property
+    def batch(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.X.shape[2]
+
+
+class BBOPolicy(nn.Module):
+    """Coordinatewise recurrent policy that proposes queries in [0, 1]^d.
+
+    ``core``: ``"lstm"`` or ``"dnc"``; ``core_options`` go to the core (``hidden``,
+    ``layers``, and the DNC's memory sizes).
+    """
+
+    def __init__(self, core: str = "lstm", hidden: int = 64, **core_options: Any) -> None:
+        super().__init__()
+        self.config = {"core": core, "hidden": hidden, **core_options}
+        self.hidden = hidden
+        in_size = _FUNCTION_FEATURES + _COORD_FEATURES + hidden
+        self.core = make_core(core, in_size, hidden=hidden, **core_options)
+        # Per coordinate: beta (shift in elite spreads), log sigma, alpha logit, gate logit.
+        self.head = nn.Linear(2 * hidden, 4)
+        # Initialised as a fixed local search that samples around the incumbent with e times
+        # the elite spread (gate ~0.95): on held-out GP samples this already beats uniform
+        # search, and meta-training makes every output depend on the run's state.
+        with torch.no_grad():
+            self.head.weight.mul_(0.1)
+            self.head.bias.copy_(torch.tensor([0.0, 1.0, -2.0, 3.0]))
+
+    # -- running ------------------------------------------------------------------------
+
+    def init(self, batch: int, dim: int, device: torch.device | None = None,
+             dtype: torch.dtype = torch.float32) -> RunState:
+        """The state of ``batch`` fresh runs in ``dim`` dimensions."""
+        z = torch.zeros(batch, dim, device=device, dtype=dtype)
+        return RunState(
+            core=self.core.initial_state(batch * dim, device, dtype),
+            out=torch.zeros(batch * dim, self.hidden, device=device, dtype=dtype),
+            X=torch.zeros(batch, 0, dim, device=device, dtype=dtype),
+            Y=torch.zeros(batch, 0, device=device, dtype=dtype),
+            best_x=z + 0.5, elite_mean=z + 0.5, elite_spread=z + 0.5,
+            since_best=torch.zeros(batch, device=device, dtype=dtype),
+            log_sigma=z.clone(), gate=torch.zeros(batch, device=device, dtype=dtype),
+        )
+
+    def observe(self, rs: RunState, x: torch.Tensor, y: torch.Tensor) -> RunState:
+        """Ingest one observation per run: ``x`` (B, d) and its value ``y`` (B,)."""
+        B, d = x.shape
+        X = torch.cat([rs.X, x.unsqueeze(1)], dim=1)
+        Y = torch.cat([rs.Y, y.unsqueeze(1)], dim=1)
+        n = X.shape[1]
+        with torch.no_grad():  # value features are ranks and normalized values: no gradient
+            Yd = Y.detach()
+            prev_best = rs.Y.detach().min(dim=1).values if rs.n else torch.full_like(y, math.inf)
+            improved = (Yd[:, -1] < prev_best).to(x.dtype)
+            since = torch.where(improved > 0, torch.zeros_like(rs.since_best),
+                                rs.since_best + 1)
+            mu = Yd.mean(dim=1)
+            sd = Yd.std(dim=1, unbiased=False) if n > 1 else torch.ones_like(mu)
+            sd = torch.where(sd > 1e-12 * (1 + mu.abs()), sd, torch.ones_like(sd))
+            ynorm = ((Yd[:, -1] - mu) / sd).clamp(-5, 5)
+            gap = ((Yd[:, -1] - Yd.min(dim=1).values) / sd).clamp(0, 10)
+            rank = (Yd < Yd[:, -1:]).to(x.dtype).mean(dim=1)
+            k = max(2, math.ceil(ELITE_FRACTION * n)) if n > 1 else 1
+            idx = Yd.topk(k, dim=1, largest=False).indices  # (B, k), best first
+        elite = X.gather(1, idx.unsqueeze(-1).expand(-1, -1, d))  # (B, k, d), differentiable
+        best_x = elite[:, 0]
+        elite_mean = elite.mean(dim=1)
+        elite_spread = (elite.std(dim=1, unbiased=False) if k > 1
+                        else torch.full_like(best_x, 0.5))
+
+        feats_f = torch.stack([
+            ynorm / 2, rank, improved, gap / 5, torch.log1p(since) / 3,
+            torch.full_like(ynorm, math.log1p(n) / 5), rs.gate.detach(),
+        ], dim=1)  # (B, 7)
+        sp = elite_spread.detach()
+        feats_c = torch.stack([
+            x.detach(), best_x.detach(), elite_mean.detach(),
+            torch.log(sp + 1e-4) / 4,
+            ((x.detach() - best_x.detach()) / (sp + _EPS_SPREAD)).clamp(-5, 5) / 5,
+            rs.log_sigma.detach() / 3,
+        ], dim=2)  # (B, d, 6)
+        pooled = rs.out.view(B, d, -1).mean(dim=1, keepdim=True).expand(B, d, -1)
+        inp = torch.cat([feats_f.unsqueeze(1).expand(B, d, -1), feats_c, pooled], dim=2)
+        out, core = self.core(inp.reshape(B * d, -1), rs.core)
+        return replace(rs, core=core, out=out, X=X, Y=Y, best_x=best_x,
+                       elite_mean=elite_mean, elite_spread=elite_spread, since_best=since)
+
+    def propose(self, rs: RunState, u: torch.Tensor, z: torch.Tensor
+                ) -> tuple[torch.Tensor, RunState]:
+        """Sample one query per run from uniform draws ``u`` and normal draws ``z`` (B, d).
+
+        Returns the queries (B, d) and the state with the proposal's step size and gate
+        remembered (they are inputs of the next observation). Without observations the
+        query is ``u`` itself.
+        """
+        if rs.n == 0:
+            return u, rs
+        B, d = u.shape
+        o = rs.out.view(B, d, -1)
+        pooled = o.mean(dim=1, keepdim=True).expand(B, d, -1)
+        h = self.head(torch.cat([o, pooled], dim=2))  # (B, d, 4)
+        beta = 2.0 * torch.tanh(h[..., 0])
+        log_sigma = h[..., 1].clamp(-6.0, 3.0)
+        alpha = torch.sigmoid(h[..., 2])
+        gate = torch.sigmoid(h[..., 3].mean(dim=1))  # (B,)
+        spread = rs.elite_spread + _EPS_SPREAD
+        center = rs.best_x + alpha * (rs.elite_mean - rs.best_x) + beta * spread
+        local = center + torch.exp(log_sigma) * spread * z
+        x = reflect((1 - gate[:, None]) * u + gate[:, None] * local)
+        return x, replace(rs, log_sigma=log_sigma, gate=gate)
+
+
+def rollout(policy: BBOPolicy, fn: Any, horizon: int, *, parallel: int = 1,
+            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``policy`` on a batch of functions for ``horizon`` queries.
+
+    ``fn``: a batch of functions (callable (B, d) -> (B,), with ``batch_size``, ``dim``,
+    ``device``, ``dtype``, e.g. ``tasks.gp_prior.GPFunctions``). ``parallel``: queries are
+    made in rounds of this many before their values are seen (simulated delays); the
+    values of a round are ingested one by one when it completes. Returns the queries
+    (B, T, d) and their values (B, T), differentiable with respect to the policy.
+    """
+    if horizon < 1 or parallel < 1:
+        raise ValueError("horizon and parallel must be positive")
+    B, d = fn.batch_size, fn.dim
+    dev, dt = fn.device, fn.dtype
+    rs = policy.init(B, d, dev, dt)
+    xs: list[torch.Tensor] = []
+    ys: list[torch.Tensor] = []
+    for t in range(horizon):
+        if t and t % parallel == 0:
+            for j in range(t - parallel, t):
+                rs = policy.observe(rs, xs[j], ys[j])
+        u = torch.rand(B, d, generator=generator, device=dev, dtype=dt)
+        z = torch.randn(B, d, generator=generator, device=dev, dtype=dt)
+        x, rs = policy.propose(rs, u, z)
+        xs.append(x)
+        ys.append(fn(x))
+    return torch.stack(xs, dim=1), torch.stack(ys, dim=1)

@@ -1,0 +1,197 @@
+"""The learned black-box optimizer: policy, meta-training, shipped weights, studies."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from bbopt.tasks.gp_prior import GPPrior
+
+import bbopt
+from bbopt.meta.trainer import BBOTrainConfig, BBOTrainer, load_policy, save_policy
+from bbopt.nets.policy import BBOPolicy, reflect, rollout
+from bbopt.optimizers.base import History, make_optimizer
+from bbopt.optimizers.learned import WEIGHTS_DIR
+
+# A seed stream apart from training (0..), validation (10_000_019..) and the benchmark
+# functions (777_000_000..).
+FRESH = 555_000_000
+
+
+def test_reflect_folds_into_the_cube():
+    v = torch.tensor([-1.5, -0.25, 0.0, 0.3, 1.0, 1.25, 2.5, 7.1])
+    r = reflect(v)
+    assert ((r >= 0) & (r <= 1)).all()
+    assert torch.allclose(r, torch.tensor([0.5, 0.25, 0.0, 0.3, 1.0, 0.75, 0.5, 0.9]), atol=1e-6)
+
+
+@pytest.mark.parametrize("core", ["lstm", "dnc"])
+def test_rollout_shapes_and_gradients(core):
+    torch.manual_seed(0)
+    policy = BBOPolicy(core, hidden=16)
+    fn = GPPrior().sample(3, 4, generator=torch.Generator().manual_seed(0))
+    x, y = rollout(policy, fn, 12, parallel=2, generator=torch.Generator().manual_seed(1))
+    assert x.shape == (3, 12, 4) and y.shape == (3, 12)
+    assert ((x >= 0) & (x <= 1)).all()
+    y.sum().backward()
+    grads = [p.grad for p in policy.head.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
+def test_first_proposal_is_the_uniform_draw():
+    policy = BBOPolicy("lstm", hidden=8)
+    rs = policy.init(2, 3)
+    u = torch.rand(2, 3)
+    x, _ = policy.propose(rs, u, torch.randn(2, 3))
+    assert torch.equal(x, u)
+
+
+def _mean_value(policy, fn, horizon):
+    """Mean scaled value along rollouts on fixed functions with fixed draws."""
+    with torch.no_grad():
+        _, y = rollout(policy, fn, horizon, generator=torch.Generator().manual_seed(9))
+    return float(((y - fn.offset[:, None]) / fn.outputscale.sqrt()[:, None]).mean())
+
+
+def test_tiny_meta_training_lowers_validation_loss(tmp_path):
+    # Start from a policy that searches almost uniformly (gate ~0.12) and train briefly on
+    # 2-D functions with the summed loss: the same loss on held-out functions goes down.
+    torch.set_num_threads(1)
+    config = BBOTrainConfig(dims=(2,), val_dims=(2,), horizon=20, batch=16, hidden=16,
+                            layers=1, iterations=30, val_every=30, val_functions=8,
+                            parallel=(1,), lr=1e-2, loss="summed")
+    trainer = BBOTrainer(config, tmp_path, log=lambda msg: None)
+    with torch.no_grad():
+        trainer.policy.head.bias.copy_(torch.tensor([0.0, 0.0, -2.0, -2.0]))
+    held_out = GPPrior(kernel="mixed").sample(64, 2, generator=torch.Generator().manual_seed(
+        FRESH))
+    before = _mean_value(trainer.policy, held_out, config.horizon)
+    trainer.run()
+    after = _mean_value(trainer.policy, held_out, config.horizon)
+    assert after < before - 0.1, (before, after)
+    assert (tmp_path / "last.pt").exists() and (tmp_path / "best.pt").exists()
+    # Resume: a new trainer on the same folder continues from the last iteration.
+    config.iterations = 33
+    again = BBOTrainer(config, tmp_path, log=lambda msg: None)
+    assert again.iteration == 30
+    again.run()
+    assert again.iteration == 33
+
+
+def test_weights_round_trip_and_bad_files(tmp_path):
+    policy = BBOPolicy("dnc", hidden=8, memory_slots=4, word_size=4, read_heads=1)
+    save_policy(tmp_path / "p.pt", policy, {"loss": "oi"})
+    loaded, meta = load_policy(tmp_path / "p.pt")
+    assert meta == {"loss": "oi"}
+    for a, b in zip(policy.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    torch.save({"something": 1}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="not a bbopt black-box policy"):
+        load_policy(tmp_path / "bad.pt")
+    with pytest.raises(FileNotFoundError, match="weights not found"):
+        make_optimizer("learned", 2, 0, {"weights": str(tmp_path / "missing.pt")})
+
+
+@pytest.mark.parametrize("name", ["learned-lstm.pt", "learned-dnc.pt"])
+def test_shipped_weights_carry_metadata(name):
+    path = WEIGHTS_DIR / name
+    if name == "learned-dnc.pt" and not path.exists():
+        pytest.skip("no DNC weights shipped")
+    _, meta = load_policy(path)
+    for key in ("command", "commit", "dims", "horizon", "loss", "validation"):
+        assert key in meta, key
+
+
+def _run(method: str, fn, n_trials: int, seed: int) -> np.ndarray:
+    """Best-so-far values of ``method`` on a GP sample (batch of one), through the
+    optimizer interface the study uses."""
+    d = fn.dim
+    opt = make_optimizer(method, d, seed, {})
+    X, y = np.zeros((0, d)), np.zeros(0)
+    for _ in range(n_trials):
+        x = opt.propose(History(X, y, np.zeros((0, d)), np.zeros((0, d))), 1)
+        v = float(fn(torch.as_tensor(x, dtype=fn.dtype)))
+        X, y = np.vstack([X, x]), np.append(y, v)
+    return np.minimum.accumulate(y)
+
+
+def _regrets(method: str, dim: int, n_trials: int, seeds: int) -> np.ndarray:
+    out = []
+    for s in range(seeds):
+        g = torch.Generator().manual_seed(FRESH + 100 * dim + s)
+        fn = GPPrior(kernel="mixed").sample(1, dim, generator=g, dtype=torch.float64)
+        _, f_min = fn.minimum(generator=g)
+        out.append((_run(method, fn, n_trials, s)[-1] - float(f_min)) / float(
+            fn.outputscale.sqrt()))
+    return np.maximum(np.array(out), 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dim", [2, 5])
+def test_shipped_weights_beat_random_search_on_fresh_gp_samples(dim):
+    learned = _regrets("learned", dim, 50, seeds=8)
+    rand = _regrets("random", dim, 50, seeds=8)
+    assert np.median(learned) < np.median(rand), (learned, rand)
+    assert np.mean(np.log10(learned + 1e-6)) < np.mean(np.log10(rand + 1e-6))
+
+
+@pytest.mark.slow
+def test_past_the_horizon_and_above_the_covered_dimension():
+    # 500 trials (5x the training horizon) in 4-D, and 100 trials in 20-D (the weights
+    # cover 1..12): no crash, valid points, and better than random search.
+    for dim, n in ((4, 500), (20, 100)):
+        learned = _regrets("learned", dim, n, seeds=3)
+        rand = _regrets("random", dim, n, seeds=3)
+        assert np.median(learned) < np.median(rand), (dim, learned, rand)
+
+
+def test_ask_n_gives_distinct_pending_proposals():
+    space = bbopt.Space({"a": bbopt.Float(-1, 1), "b": bbopt.Float(0, 1)})
+    study = bbopt.Study(space, method="learned", seed=3)
+    for _ in range(6):
+        t = study.ask()
+        study.tell(t, (t.params["a"] - 0.3) ** 2 + t.params["b"])
+    batch = study.ask(8)
+    more = study.ask(4)  # while the 8 are pending
+    pts = {tuple(t.params.values()) for t in batch + more}
+    assert len(pts) == 12
+    assert all(t.state is bbopt.TrialState.PENDING for t in batch + more)
+
+
+def test_mixed_space_and_default_method():
+    space = bbopt.Space({
+        "lr": bbopt.Float(1e-5, 1e-1, log=True),
+        "layers": bbopt.Int(1, 4),
+        "act": bbopt.Categorical(["relu", "tanh", "gelu"]),
+    })
+    study = bbopt.Study(space, seed=0)
+    assert study.method == "learned"
+    for _ in range(25):
+        t = study.ask()
+        p = t.params
+        assert 1e-5 <= p["lr"] <= 1e-1 and p["layers"] in (1, 2, 3, 4)
+        assert p["act"] in ("relu", "tanh", "gelu")
+        study.tell(t, abs(np.log10(p["lr"]) + 3) + abs(p["layers"] - 2)
+                   + (p["act"] != "tanh"))
+    assert study.best_trial.value < 1.5
+
+
+def test_resumed_optimizer_replays_to_the_same_state():
+    # The optimizer caches its recurrent state; a fresh one (a resumed study in a new
+    # process) replays the history and must propose exactly the same points.
+    fn = GPPrior().sample(1, 3, generator=torch.Generator().manual_seed(FRESH),
+                          dtype=torch.float64)
+    opt = make_optimizer("learned", 3, 7, {})
+    X, y = np.zeros((0, 3)), np.zeros(0)
+    for _ in range(15):
+        h = History(X, y, np.zeros((0, 3)), np.zeros((0, 3)))
+        x = opt.propose(h, 1)
+        X, y = np.vstack([X, x]), np.append(y, float(fn(torch.as_tensor(x))))
+    h = History(X, y, np.zeros((0, 3)), np.zeros((0, 3)))
+    fresh = make_optimizer("learned", 3, 7, {})
+    assert np.allclose(opt.propose(h, 3), fresh.propose(h, 3), atol=1e-6)
+
+
+def test_weights_are_small():
+    for p in Path(WEIGHTS_DIR).glob("*.pt"):
+        assert p.stat().st_size < 20 * 2**20
