@@ -87,7 +87,7 @@ def _fmt(v: Any) -> str:
               help="Space file (JSON or YAML); optional for a function with a .space attribute.")
 @click.option("--budget", type=click.IntRange(min=1), required=True,
               help="Finished trials the study should reach (a re-run resumes up to it).")
-@click.option("--method", default=None, help="Optimizer (default: the study's, else gp-ei).")
+@click.option("--method", default=None, help="Optimizer (default: the study's, else learned).")
 @click.option("--direction", type=click.Choice(["minimize", "maximize"]), default=None)
 @storage_option
 @click.option("--study", "name", default=None, help="Study name (default: from the objective).")
@@ -398,14 +398,18 @@ def train() -> None:
               show_default=True)
 @click.option("--rate-weight", type=float, default=0.0, show_default=True,
               help="Weight lambda of the convergence-rate term.")
+@click.option("--regret-floor", type=float, default=1e-4, show_default=True,
+              help="Floor of the log-regret loss and of validation, in prior std units.")
+@click.option("--init", "init", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Start from these weights (same architecture) instead of a fresh policy.")
 @click.option("--val-every", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default=None, help="torch device (default: cuda if present, else cpu).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
 def train_bbo(run_dir: str, core: str, loss: str, iterations: int, horizon: int, batch: int,
               dims: str, parallel: str, hidden: int, layers: int, lr: float,
-              step_weighting: str, rate_weight: float, val_every: int, seed: int,
-              device: str | None, threads: int | None) -> None:
+              step_weighting: str, rate_weight: float, regret_floor: float, init: str | None,
+              val_every: int, seed: int, device: str | None, threads: int | None) -> None:
     """Meta-train the black-box policy on GP-prior functions; resumes from OUT/last.pt."""
     import torch
 
@@ -419,7 +423,8 @@ def train_bbo(run_dir: str, core: str, loss: str, iterations: int, horizon: int,
                                 batch=batch, dims=_ints(dims), parallel=_ints(parallel),
                                 hidden=hidden, layers=layers, lr=lr,
                                 step_weighting=step_weighting, rate_weight=rate_weight,
-                                val_every=val_every, seed=seed, device=device)
+                                regret_floor=regret_floor, init=init, val_every=val_every,
+                                seed=seed, device=device)
         trainer = BBOTrainer(config, run_dir,
                              command="bbopt " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     except ValueError as e:

@@ -50,9 +50,12 @@ def test_log_regret():
     # run 1 best so far 3,1,1,.5 ; run 2: 1,1,0,0 minus -1 -> 2,2,1,1
     r1 = [3, 1, 1, 0.5]
     r2 = [2, 2, 1, 1]
-    exp = sum(w * math.log10(r + 1e-4) for w, r in zip(W.tolist(), r1, strict=True))
-    exp += sum(w * math.log10(r + 1e-4) for w, r in zip(W.tolist(), r2, strict=True))
-    assert float(log_regret_loss(Y, W, y_min)) == pytest.approx(exp / 2, rel=1e-5)
+    for eps in (1e-2, 1e-4):
+        exp = sum(w * math.log10(r + eps) for w, r in zip(W.tolist(), r1, strict=True))
+        exp += sum(w * math.log10(r + eps) for w, r in zip(W.tolist(), r2, strict=True))
+        assert float(log_regret_loss(Y, W, y_min, eps=eps)) == pytest.approx(exp / 2, rel=1e-5)
+    # The default floor is 1e-4 prior std units.
+    assert float(log_regret_loss(Y, W, y_min)) == float(log_regret_loss(Y, W, y_min, eps=1e-4))
 
 
 def test_convergence_rate():

@@ -13,7 +13,7 @@ def f(p):
     return (p["x"] - 0.5) ** 2 + p["n"] + (p["c"] == "b")
 
 
-@pytest.fixture(params=["random", "gp-ei"])
+@pytest.fixture(params=["random", "gp-ei", "learned"])
 def study(request):
     return Study(SPACE, method=request.param, seed=0)
 

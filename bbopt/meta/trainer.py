@@ -57,8 +57,12 @@ class BBOTrainConfig:
     seed: int = 0
     device: str = "cpu"
     core_options: dict[str, Any] = field(default_factory=dict)
+    regret_floor: float = 1e-4
+    init: str | None = None  # shipped-format weights to start from (same architecture)
 
     def __post_init__(self) -> None:
+        if not self.regret_floor > 0:
+            raise ValueError("regret_floor must be positive")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; expected one of {', '.join(LOSSES)}")
         if self.core not in ("lstm", "dnc"):
@@ -95,9 +99,13 @@ def _scaled(fn: Any, y: torch.Tensor) -> torch.Tensor:
 
 def git_commit() -> str:
     try:
+        here = Path(__file__).resolve().parent
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, cwd=Path(__file__).resolve().parent, timeout=10)
-        return out.stdout.strip() or "unknown"
+                             text=True, cwd=here, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, cwd=here, timeout=10)
+        commit = out.stdout.strip() or "unknown"
+        return commit + ("+changes" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -106,7 +114,8 @@ class ValidationSet:
     """Held-out GP samples (seeded apart from training) with their estimated minima."""
 
     def __init__(self, prior: Any, dims: tuple[int, ...], n: int, seed: int,
-                 device: torch.device) -> None:
+                 device: torch.device, floor: float = 1e-4) -> None:
+        self.floor = floor
         self.sets = []
         for d in dims:
             g = torch.Generator().manual_seed(10_000_019 + 7919 * seed + d)
@@ -117,14 +126,15 @@ class ValidationSet:
     @torch.no_grad()
     def evaluate(self, policy: BBOPolicy, horizon: int, parallel: int = 1,
                  seed: int = 0) -> dict[str, float]:
-        """Mean log10 simple regret (in prior std units) at the horizon, per dim and overall."""
+        """Mean log10 (simple regret + floor), regret in prior std units, at the horizon,
+        per dim and overall."""
         policy.eval()
         out: dict[str, float] = {}
         for d, fn, fmin in self.sets:
             g = torch.Generator(device=fn.device).manual_seed(seed + d)
             _, y = rollout(policy, fn, horizon, parallel=parallel, generator=g)
             regret = (y.min(dim=1).values - fmin).clamp_min(0) / fn.outputscale.sqrt()
-            out[f"d{d}"] = float(torch.log10(regret + 1e-6).mean())
+            out[f"d{d}"] = float(torch.log10(regret + self.floor).mean())
         out["mean"] = sum(out[f"d{d}"] for d, _, _ in self.sets) / len(self.sets)
         policy.train()
         return out
@@ -177,8 +187,14 @@ class BBOTrainer:
         last = self.run_dir / "last.pt"
         if last.exists():
             self._resume(last)
+        elif config.init:
+            start, _ = load_policy(config.init, self.device)
+            if start.config != self.policy.config:
+                raise ValueError(f"{config.init}: its policy is {start.config}, this run asks "
+                                 f"for {self.policy.config}")
+            self.policy.load_state_dict(start.state_dict())
         self.val = ValidationSet(self.prior, config.val_dims, config.val_functions,
-                                 config.seed, self.device)
+                                 config.seed, self.device, config.regret_floor)
 
     # -- checkpoints ----------------------------------------------------------------------
 
@@ -215,8 +231,10 @@ class BBOTrainer:
             "parallel": list(c.parallel), "batch": c.batch, "lr": c.lr,
             "prior": {"kernel": c.kernel, "lengthscale_range": list(c.lengthscale_range),
                       "noise_std_range": list(c.noise_std_range)},
-            "validation": {"metric": "mean log10 simple regret at the horizon, in prior "
-                                     "std units, held-out GP samples", **val},
+            "init": c.init, "regret_floor": c.regret_floor,
+            "validation": {"metric": f"mean log10(simple regret + {c.regret_floor:g}) at the "
+                                     "horizon, regret in prior std units, held-out GP samples",
+                           **val},
             "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
 
@@ -235,7 +253,7 @@ class BBOTrainer:
             _, f_min = fn.minimum(n_candidates=2048, refine_steps=30, generator=g)
             y_min = _scaled(fn, f_min[:, None])[:, 0]
         loss = bbo_loss(c.loss, x, _scaled(fn, y), w, fn=fn, rate_weight=c.rate_weight,
-                        y_min=y_min)
+                        y_min=y_min, regret_floor=c.regret_floor)
         self.optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.policy.parameters(), c.clip)
