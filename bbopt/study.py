@@ -92,6 +92,9 @@ class Study:
         # optimizer (like an Optuna sampler), the history carries over.
         self.method = method or record.method
         self._options = options if method else record.options
+        # Trial id -> (params, unit-cube point): every ask reads the whole history, and
+        # validating and encoding each trial again would dominate a fast optimizer's ask.
+        self._encoded: dict[int, tuple[dict[str, Any], np.ndarray]] = {}
         self._optimizer: Optimizer = make_optimizer(
             self.method, self.space.dim, record.seed, self._options
         )
@@ -170,8 +173,7 @@ class Study:
         sign = 1.0 if self.direction == "minimize" else -1.0
 
         def cube(ts: list[Trial]) -> np.ndarray:
-            rows = [self.space.encode(t.params) for t in ts]
-            return np.array(rows).reshape(len(rows), self.space.dim)
+            return np.array([self._encode(t) for t in ts]).reshape(len(ts), self.space.dim)
 
         done = [t for t in trials if t.state is TrialState.COMPLETE]
         return History(
@@ -180,6 +182,14 @@ class Study:
             pending=cube([t for t in trials if t.state is TrialState.PENDING]),
             failed=cube([t for t in trials if t.state is TrialState.FAILED]),
         )
+
+    def _encode(self, trial: Trial) -> np.ndarray:
+        hit = self._encoded.get(trial.id)
+        if hit is not None and hit[0] == trial.params:
+            return hit[1]
+        x = self.space.encode(trial.params)
+        self._encoded[trial.id] = (trial.params, x)
+        return x
 
     def _propose(self, trials: list[Trial], n: int) -> list[tuple[dict[str, Any], dict]]:
         history = self.history(trials)
