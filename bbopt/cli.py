@@ -383,17 +383,17 @@ def train() -> None:
               help="Run folder: log.jsonl, last.pt (resume point), best.pt (best on validation).")
 @click.option("--core", type=click.Choice(["lstm", "dnc"]), default="lstm", show_default=True)
 @click.option("--loss", type=click.Choice(["log-regret", "oi", "summed", "ei"]),
-              default="log-regret", show_default=True)
+              default="ei", show_default=True)
 @click.option("--iterations", type=click.IntRange(min=1), default=2000, show_default=True)
 @click.option("--horizon", type=click.IntRange(min=2), default=100, show_default=True)
-@click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--dims", default="1,2,3,4,6,8,12", show_default=True,
               help="Dimensions of the training functions (one drawn per batch).")
 @click.option("--parallel", default="1,1,1,2,4,8", show_default=True,
               help="Rounds of proposals made before their values are seen (one drawn per batch).")
 @click.option("--hidden", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--layers", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--lr", type=float, default=3e-4, show_default=True)
 @click.option("--step-weighting", type=click.Choice(["uniform", "late"]), default="uniform",
               show_default=True)
 @click.option("--rate-weight", type=float, default=0.0, show_default=True,

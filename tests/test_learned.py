@@ -131,9 +131,10 @@ def _regrets(method: str, dim: int, n_trials: int, seeds: int,
 @pytest.mark.slow
 @pytest.mark.parametrize("dim", [2, 5])
 def test_shipped_weights_beat_random_search_on_fresh_gp_samples(dim):
-    # At the training horizon (100 trials), on 10 fresh samples of the mixed prior.
-    learned = _regrets("learned", dim, 100, seeds=10)
-    rand = _regrets("random", dim, 100, seeds=10)
+    # At the training horizon (100 trials), on 24 fresh samples of the mixed prior (the
+    # learned policy's regrets are bimodal, so fewer samples make a noisy median).
+    learned = _regrets("learned", dim, 100, seeds=24)
+    rand = _regrets("random", dim, 100, seeds=24)
     assert np.median(learned) < np.median(rand), (learned, rand)
     assert np.mean(np.log10(learned + 1e-6)) < np.mean(np.log10(rand + 1e-6))
 
@@ -153,9 +154,10 @@ def test_past_the_horizon_and_above_the_covered_dimension():
         assert (learned < rand).mean() >= 0.6, (dim, learned, rand)
 
 
-def test_ask_n_gives_distinct_pending_proposals():
+@pytest.mark.parametrize("method", ["learned", "learned-dnc"])
+def test_ask_n_gives_distinct_pending_proposals(method):
     space = bbopt.Space({"a": bbopt.Float(-1, 1), "b": bbopt.Float(0, 1)})
-    study = bbopt.Study(space, method="learned", seed=3)
+    study = bbopt.Study(space, method=method, seed=3)
     for _ in range(6):
         t = study.ask()
         study.tell(t, (t.params["a"] - 0.3) ** 2 + t.params["b"])

@@ -38,12 +38,12 @@ class BBOTrainConfig:
     layers: int = 2
     dims: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12)
     horizon: int = 100
-    batch: int = 32
-    loss: str = "oi"
+    batch: int = 64
+    loss: str = "ei"
     step_weighting: str = "uniform"
     rate_weight: float = 0.0
     parallel: tuple[int, ...] = (1, 1, 1, 2, 4, 8)
-    lr: float = 1e-3
+    lr: float = 3e-4
     clip: float = 1.0
     iterations: int = 2000
     val_every: int = 100
