@@ -458,10 +458,11 @@ def train_eval(weights: tuple[str, ...], dims: str, functions: int, horizon: int
     ds = _ints(dims)
     header = "| policy | parallel | " + " | ".join(f"d={d}" for d in ds) + " |"
     lines = [header, "|" + "---|" * (len(ds) + 2)]
-    for q in _ints(parallel):
+    qs = _ints(parallel)
+    for q in qs:
         res = evaluate(policies, ds, functions, horizon, parallel=q)
         for label, r in res.items():
-            if label == "random" and q != _ints(parallel)[0]:
+            if label == "random" and q != qs[0]:
                 continue
             cells = [f"{r[f'd{d} median']:.2f} ({r[f'd{d} mean']:.2f})" for d in ds]
             lines.append(f"| {label} | {'-' if label == 'random' else q} | "

@@ -110,6 +110,21 @@ def git_commit() -> str:
         return "unknown"
 
 
+@torch.no_grad()
+def final_log_regret(policy: BBOPolicy | None, fn: Any, f_min: torch.Tensor, horizon: int,
+                     parallel: int, generator: torch.Generator, floor: float) -> torch.Tensor:
+    """log10(simple regret + floor) after ``horizon`` queries, regret in prior std units,
+    per function of the batch ``fn``; ``policy=None`` is uniform random search."""
+    if policy is None:
+        x = torch.rand(fn.batch_size, horizon, fn.dim, generator=generator,
+                       device=fn.device, dtype=fn.dtype)
+        y = fn(x)
+    else:
+        _, y = rollout(policy, fn, horizon, parallel=parallel, generator=generator)
+    regret = (y.min(dim=1).values - f_min).clamp_min(0) / fn.outputscale.sqrt()
+    return torch.log10(regret + floor)
+
+
 class ValidationSet:
     """Held-out GP samples (seeded apart from training) with their estimated minima."""
 
@@ -123,7 +138,6 @@ class ValidationSet:
             _, fmin = fn.minimum(generator=g)
             self.sets.append((d, fn, fmin))
 
-    @torch.no_grad()
     def evaluate(self, policy: BBOPolicy, horizon: int, parallel: int = 1,
                  seed: int = 0) -> dict[str, float]:
         """Mean log10 (simple regret + floor), regret in prior std units, at the horizon,
@@ -132,9 +146,8 @@ class ValidationSet:
         out: dict[str, float] = {}
         for d, fn, fmin in self.sets:
             g = torch.Generator(device=fn.device).manual_seed(seed + d)
-            _, y = rollout(policy, fn, horizon, parallel=parallel, generator=g)
-            regret = (y.min(dim=1).values - fmin).clamp_min(0) / fn.outputscale.sqrt()
-            out[f"d{d}"] = float(torch.log10(regret + self.floor).mean())
+            logr = final_log_regret(policy, fn, fmin, horizon, parallel, g, self.floor)
+            out[f"d{d}"] = float(logr.mean())
         out["mean"] = sum(out[f"d{d}"] for d, _, _ in self.sets) / len(self.sets)
         policy.train()
         return out
@@ -323,18 +336,11 @@ def evaluate(policies: dict[str, BBOPolicy | None], dims: tuple[int, ...], funct
         g = torch.Generator().manual_seed(seed + d)
         fn = prior.sample(functions, d, generator=g, device=device)
         _, f_min = fn.minimum(generator=g)
-        scale = fn.outputscale.sqrt()
         for label, policy in policies.items():
             draws = torch.Generator(device=fn.device).manual_seed(seed + 1000 + d)
-            with torch.no_grad():
-                if policy is None:
-                    x = torch.rand(functions, horizon, d, generator=draws, device=fn.device)
-                    y = fn(x)
-                else:
-                    policy.eval()
-                    _, y = rollout(policy, fn, horizon, parallel=parallel, generator=draws)
-            regret = (y.min(dim=1).values - f_min).clamp_min(0) / scale
-            logr = torch.log10(regret + 1e-6)
+            if policy is not None:
+                policy.eval()
+            logr = final_log_regret(policy, fn, f_min, horizon, parallel, draws, 1e-6)
             out[label][f"d{d} median"] = float(logr.median())
             out[label][f"d{d} mean"] = float(logr.mean())
     return out
