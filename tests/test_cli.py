@@ -216,3 +216,19 @@ def test_kill_9_loses_nothing_told(workdir):
     stale = [t for t in final if t.state is TrialState.PENDING]
     if stale:  # a trial in flight at the kill stays open, and the re-run says so
         assert "pending trial(s) from earlier runs" in again.stderr
+
+
+def test_train_commands_reject_bad_input_with_a_clear_error(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(main, ["train", "eval", str(tmp_path / "missing.pt")])
+    assert res.exit_code != 0 and "missing.pt" in res.output
+    (tmp_path / "junk.pt").write_bytes(b"not a policy")
+    res = runner.invoke(main, ["train", "eval", str(tmp_path / "junk.pt")])
+    assert res.exit_code != 0 and "junk.pt" in res.output
+    res = runner.invoke(main, ["train", "bbo", "--out", str(tmp_path / "run"),
+                               "--regret-floor", "0"])
+    assert res.exit_code != 0 and "regret_floor must be positive" in res.output
+    assert not (tmp_path / "run" / "last.pt").exists()
+    res = runner.invoke(main, ["train", "bbo", "--out", str(tmp_path / "run"),
+                               "--dims", "2,x"])
+    assert res.exit_code != 0 and "comma-separated integers" in res.output

@@ -240,3 +240,11 @@ def test_training_starts_from_given_weights_and_rejects_bad_settings(tmp_path):
                    tmp_path / "other", log=lambda msg: None)
     with pytest.raises(ValueError, match="regret_floor"):
         BBOTrainConfig(regret_floor=0.0)
+
+
+def test_corrupt_weights_file_is_a_clear_error(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a policy")
+    with pytest.raises(ValueError, match="not a bbopt black-box policy"):
+        load_policy(tmp_path / "junk.pt")
+    with pytest.raises(ValueError, match="not a bbopt black-box policy"):
+        make_optimizer("learned", 2, 0, {"weights": str(tmp_path / "junk.pt")})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -166,7 +167,11 @@ def save_policy(path: str | Path, policy: BBOPolicy, meta: dict[str, Any]) -> No
 def load_policy(path: str | Path, device: str | torch.device = "cpu"
                 ) -> tuple[BBOPolicy, dict[str, Any]]:
     """Read a policy written by ``save_policy``; returns it (in eval mode) and its metadata."""
-    blob = torch.load(Path(path), map_location=device, weights_only=True)
+    try:
+        blob = torch.load(Path(path), map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise ValueError(f"{path} is not a bbopt black-box policy ({WEIGHTS_FORMAT}): "
+                         f"{str(e).splitlines()[0]}") from None
     if not isinstance(blob, dict) or blob.get("format") != WEIGHTS_FORMAT:
         raise ValueError(f"{path} is not a bbopt black-box policy ({WEIGHTS_FORMAT})")
     config = dict(blob["config"])
