@@ -15,11 +15,24 @@ from bbopt.trial import Trial, TrialState
 
 __version__ = "0.1.0"
 
+# The torch optimizers are imported on first use: ``import bbopt`` stays free of torch.
+_LAZY = {"LSTMOptimizer": "bbopt.optimizers.l2l", "LRMemory": "bbopt.optimizers.lr_memory"}
+
+
+def __getattr__(name: str):  # noqa: ANN202 - module-level lazy attributes (PEP 562)
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'bbopt' has no attribute {name!r}")
+
 __all__ = [
     "BBOptError",
     "Categorical",
     "Float",
     "Int",
+    "LRMemory",
+    "LSTMOptimizer",
     "Space",
     "SpaceError",
     "StorageError",

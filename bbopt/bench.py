@@ -20,7 +20,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -198,11 +197,13 @@ def _fmt(q: list[float]) -> str:
 
 
 def to_markdown(summary: dict[str, Any], command: str) -> str:
+    from bbopt.meta.base import git_commit
+
     methods, cps = summary["methods"], summary["checkpoints"]
     lines = [
         f"### `{command}`",
         "",
-        f"{datetime.now(UTC):%Y-%m-%d}, commit {_git_commit()}, {platform.machine()}, "
+        f"{datetime.now(UTC):%Y-%m-%d}, commit {git_commit()}, {platform.machine()}, "
         f"{os.cpu_count()} cores, {summary['seeds']} seeds, budget {summary['budget']}.",
         "",
         "log10 simple regret, median [25%, 75%] over seeds (lower is better):",
@@ -281,16 +282,6 @@ def plot(results: Sequence[dict[str, Any]], summary: dict[str, Any], path: Path)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-            cwd=Path(__file__).parent, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def benchmark(

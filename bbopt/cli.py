@@ -365,6 +365,53 @@ def bench(suite: str, task_list: str | None, methods: str, budget: int, seeds: i
     click.echo(f"mean normalized score: {json.dumps(summary['mean_score'])}")
 
 
+@main.command("bench-gradient")
+@click.option("--families", default=None,
+              help="Comma-separated optimizee families (default: all of them).")
+@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--problems", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Problems per seed.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="bench_out/gradient",
+              show_default=True, help="Folder for runs.jsonl (cache; re-runs resume).")
+@click.option("--markdown", type=click.Path(dir_okay=False), default=None,
+              help="Append the tables to this file (e.g. BENCHMARKS.md).")
+def bench_gradient(families: str | None, steps: int, seeds: int, problems: int, jobs: int,
+                   out: str, markdown: str | None) -> None:
+    """The learned gradient-input optimizers against SGD, Nesterov, RMSprop and Adam with
+    tuned learning rates (and ISTA / FISTA on sparse regression)."""
+    from bbopt.bench_gradient import benchmark_gradient
+    from bbopt.tasks.optimizees import FAMILIES
+
+    fams = [f.strip() for f in families.split(",") if f.strip()] if families else list(FAMILIES)
+    unknown = [f for f in fams if f not in FAMILIES]
+    if unknown:
+        raise click.UsageError(f"unknown families {unknown}; known: {', '.join(FAMILIES)}")
+    command = "bbopt bench-gradient " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    benchmark_gradient(fams, seeds, problems, steps, Path(out), jobs=jobs, command=command,
+                       markdown=Path(markdown) if markdown else None, log=click.echo)
+    click.echo((Path(out) / "table.md").read_text())
+
+
+@main.command("bench-lr-memory")
+@click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--max-samples", type=click.IntRange(min=1), default=2000, show_default=True)
+@click.option("--markdown", type=click.Path(dir_okay=False), default=None,
+              help="Append the table to this file (e.g. BENCHMARKS.md).")
+def bench_lr_memory(seeds: int, max_samples: int, markdown: str | None) -> None:
+    """Samples to 98% test accuracy on sequential binary digit tasks: SGD, Adam, SGD with
+    a fresh learning-rate memory, and with the memory reloaded from the previous task."""
+    from bbopt.bench_gradient import lr_memory_benchmark, lr_memory_markdown
+
+    command = "bbopt bench-lr-memory " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    text = lr_memory_markdown(lr_memory_benchmark(seeds, max_samples), command)
+    click.echo(text)
+    if markdown:
+        with open(markdown, "a") as f:
+            f.write("\n" + text)
+
+
 # -- meta-training -----------------------------------------------------------------------------
 def _ints(text: str) -> tuple[int, ...]:
     try:
@@ -431,6 +478,55 @@ def train_bbo(run_dir: str, core: str, loss: str, iterations: int, horizon: int,
         raise click.ClickException(str(e)) from None
     result = trainer.run()
     click.echo(json.dumps(result))
+
+
+@train.command("l2l")
+@click.option("--out", "run_dir", type=click.Path(file_okay=False), required=True,
+              help="Run folder: log.jsonl, last.pt (resume point), best.pt (best on validation).")
+@click.option("--iterations", type=click.IntRange(min=1), default=None,
+              help="Meta-gradient steps, one per unroll [1000].")
+@click.option("--horizon", type=click.IntRange(min=1), default=None,
+              help="Optimizer steps per episode [100].")
+@click.option("--unroll", type=click.IntRange(min=1), default=None,
+              help="Steps per truncated-BPTT unroll [20].")
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="Problems per episode [8].")
+@click.option("--families", default=None,
+              help="Comma-separated training families [quadratic,mlp-sigmoid].")
+@click.option("--objective", type=click.Choice(["sum", "log"]), default=None,
+              help="Meta-loss: sum of relative losses, or of their logs [log].")
+@click.option("--rate-weight", type=float, default=None,
+              help="Weight lambda of the convergence-rate term [0].")
+@click.option("--hidden", type=click.IntRange(min=1), default=None, help="LSTM width [20].")
+@click.option("--layers", type=click.IntRange(min=1), default=None, help="LSTM layers [2].")
+@click.option("--lr", type=float, default=None, help="Meta learning rate [1e-3].")
+@click.option("--init", "init", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Start from these weights (same architecture).")
+@click.option("--val-every", type=click.IntRange(min=1), default=None, help="[50]")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="[0]")
+@click.option("--device", default=None, help="torch device (default: cuda if present, else cpu).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+def train_l2l(run_dir: str, families: str | None, device: str | None, threads: int | None,
+              **options: Any) -> None:
+    """Meta-train the coordinatewise LSTM optimizer (truncated BPTT on quadratics and
+    digits MLPs); resumes from OUT/last.pt. Defaults in brackets."""
+    import torch
+
+    from bbopt.meta.l2l import L2LTrainConfig, L2LTrainer
+
+    if threads:
+        torch.set_num_threads(threads)
+    settings = {k: v for k, v in options.items() if v is not None}
+    if families is not None:
+        settings["families"] = tuple(f.strip() for f in families.split(",") if f.strip())
+    settings["device"] = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        config = L2LTrainConfig(**settings)
+        trainer = L2LTrainer(config, run_dir,
+                             command="bbopt " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(trainer.run()))
 
 
 @train.command("eval")

@@ -252,6 +252,47 @@ class Space:
         params = self.validate(params)
         return np.array([p.encode(params[n]) for n, p in self.params.items()], dtype=float)
 
+    def check_grad(self, grad: Any) -> dict[str, float]:
+        """A gradient of the objective with respect to the params: a dict by name, or a
+        sequence in the space's order. Every parameter must be a Float (a gradient over
+        integers or choices has no meaning). Returns it as a dict of finite floats."""
+        bad = [n for n, p in self.params.items() if not isinstance(p, Float)]
+        if bad:
+            raise SpaceError(f"a gradient needs Float parameters only; {bad} are not")
+        if isinstance(grad, Mapping):
+            unknown = [k for k in grad if k not in self.params]
+            missing = [k for k in self.params if k not in grad]
+            if unknown or missing:
+                raise SpaceError(f"gradient names must be the space's {self.names}; "
+                                 f"unknown {unknown}, missing {missing}")
+            values = [grad[n] for n in self.params]
+        else:
+            try:
+                values = list(np.asarray(grad, dtype=float).reshape(-1)) if not isinstance(
+                    grad, str | bytes) else None
+            except (TypeError, ValueError):
+                values = None
+            if values is None or np.ndim(grad) != 1 or len(values) != self.dim:
+                raise SpaceError(f"gradient must be a dict by name or a sequence of "
+                                 f"{self.dim} numbers, got {grad!r}")
+        out = {}
+        for n, v in zip(self.params, values, strict=True):
+            if not _is_real(v) or not math.isfinite(float(v)):
+                raise SpaceError(f"gradient of {n!r} must be a finite number, got {v!r}")
+            out[n] = float(v)
+        return out
+
+    def grad_to_unit(self, params: Mapping[str, Any], grad: Mapping[str, float]) -> np.ndarray:
+        """The gradient with respect to the unit-cube point of ``params`` (chain rule
+        through each Float's linear or log map)."""
+        out = np.empty(self.dim)
+        for i, (n, p) in enumerate(self.params.items()):
+            assert isinstance(p, Float)
+            span = p._t(p.high) - p._t(p.low)
+            dx_du = span * params[n] if p.log else span
+            out[i] = grad[n] * dx_du
+        return out
+
     def decode(self, u: Sequence[float] | np.ndarray) -> dict[str, Any]:
         """Point in the unit cube -> params dict; coordinates outside [0, 1] are clipped."""
         u = np.asarray(u, dtype=float)

@@ -176,11 +176,18 @@ class Study:
             return np.array([self._encode(t) for t in ts]).reshape(len(ts), self.space.dim)
 
         done = [t for t in trials if t.state is TrialState.COMPLETE]
+        grads = None
+        if any("grad" in t.info for t in done):
+            grads = np.full((len(done), self.space.dim), np.nan)
+            for i, t in enumerate(done):
+                if "grad" in t.info:
+                    grads[i] = sign * self.space.grad_to_unit(t.params, t.info["grad"])
         return History(
             X=cube(done),
             y=np.array([sign * t.value for t in done], dtype=float),
             pending=cube([t for t in trials if t.state is TrialState.PENDING]),
             failed=cube([t for t in trials if t.state is TrialState.FAILED]),
+            grads=grads,
         )
 
     def _encode(self, trial: Trial) -> np.ndarray:
@@ -219,30 +226,41 @@ class Study:
         trial: Trial | int,
         value: float | None = None,
         *,
+        grad: Mapping[str, float] | Sequence[float] | None = None,
         failed: bool = False,
         reason: str | None = None,
     ) -> Trial:
         """Record the value of a pending trial (or ``failed=True``, with an optional
-        ``reason``, for a failed evaluation).
+        ``reason``, for a failed evaluation). ``grad``: the gradient of the value with
+        respect to the params (a dict by name or a sequence in the space's order), which
+        gradient-input methods (``l2l``) need.
 
         Raises TrialError, leaving the study unchanged, for an unknown or finished
-        trial, a missing, NaN or infinite value, or a value given with ``failed``.
+        trial, a missing, NaN or infinite value, or a value given with ``failed``;
+        SpaceError for a gradient of the wrong shape or with non-finite entries.
         """
         number = trial.id if isinstance(trial, Trial) else trial
         if isinstance(number, bool) or not isinstance(number, int | np.integer):
             raise TrialError(f"trial must be a Trial or an integer id, got {trial!r}")
         if failed:
-            if value is not None:
-                raise TrialError("a failed trial has no value: pass value=None with failed=True")
+            if value is not None or grad is not None:
+                raise TrialError("a failed trial has no value or gradient: pass neither "
+                                 "with failed=True")
             info = {"reason": str(reason)} if reason else None
             return self._storage.finish(
                 self._record.id, int(number), TrialState.FAILED, None, info
             )
         if value is None:
             raise TrialError("tell needs a value (or failed=True for a failed evaluation)")
-        return self._storage.finish(
-            self._record.id, int(number), TrialState.COMPLETE, _check_value(value)
-        )
+        value = _check_value(value)
+        info = None
+        if grad is not None:
+            info = {"grad": self.space.check_grad(grad)}
+        elif self._optimizer.needs_gradient:
+            raise TrialError(f"method {self.method!r} needs the gradient: "
+                             "tell(trial, value, grad=...)")
+        return self._storage.finish(self._record.id, int(number), TrialState.COMPLETE, value,
+                                    info)
 
     def add(self, params: Mapping[str, Any], value: float) -> Trial:
         """Record an evaluation made outside the study (a warm start, a known good point)."""

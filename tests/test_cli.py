@@ -232,3 +232,24 @@ def test_train_commands_reject_bad_input_with_a_clear_error(tmp_path):
     res = runner.invoke(main, ["train", "bbo", "--out", str(tmp_path / "run"),
                                "--dims", "2,x"])
     assert res.exit_code != 0 and "comma-separated integers" in res.output
+
+
+def test_train_l2l_and_bench_gradient_commands(tmp_path):
+    runner = CliRunner()
+    run = tmp_path / "run"
+    res = runner.invoke(main, ["train", "l2l", "--out", str(run), "--iterations", "2",
+                               "--horizon", "10", "--unroll", "5", "--batch", "2",
+                               "--families", "quadratic", "--val-every", "1"])
+    assert res.exit_code == 0, res.output
+    assert (run / "best.pt").exists() and (run / "last.pt").exists()
+    res = runner.invoke(main, ["train", "l2l", "--out", str(run), "--families", "resnet"])
+    assert res.exit_code != 0 and "unknown optimizee family 'resnet'" in res.output
+    out = tmp_path / "bg"
+    res = runner.invoke(main, ["bench-gradient", "--families", "quadratic,sparse-l1",
+                               "--steps", "100", "--seeds", "1", "--problems", "2",
+                               "--out", str(out), "--markdown", str(tmp_path / "B.md")])
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "B.md").read_text()
+    assert "**quadratic**" in text and "| fista |" in text and "lstm / tuned adam" in text
+    res = runner.invoke(main, ["bench-gradient", "--families", "resnet"])
+    assert res.exit_code != 0 and "unknown families" in res.output

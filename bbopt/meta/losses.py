@@ -149,3 +149,40 @@ def bbo_loss(kind: str, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, fn: A
     if rate_weight:
         loss = loss - rate_weight * convergence_rate(y)
     return loss
+
+
+# -------------------------------------------------- gradient-input optimizers (l2l)
+
+L2L_OBJECTIVES = ("sum", "log")
+
+
+def loss_rate(f: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Mean linear convergence rate of a trajectory of losses ``f`` (B, T) > 0, from
+    consecutive differences: alpha = mean_t [log f_{t-1} - log f_t]; larger is faster."""
+    logf = torch.log(f + eps)
+    return (logf[:, :-1] - logf[:, 1:]).mean()
+
+
+def l2l_loss(f: torch.Tensor, f0: torch.Tensor, objective: str = "sum",
+             w: torch.Tensor | None = None, rate_weight: float = 0.0) -> torch.Tensor:
+    """The meta-loss of a learned optimizer over an unroll of losses ``f`` (B, T).
+
+    Losses are relative to each problem's starting loss ``f0`` (B,), so problems of
+    different scales weigh alike. ``sum``: sum_t w_t f_t / f0 (the paper's weighted sum);
+    ``log``: sum_t w_t log(f_t / f0). ``rate_weight`` subtracts ``lambda * alpha``, the
+    convergence rate of ``loss_rate`` (the design notes' convergence-rate term). ``w``
+    defaults to uniform weights summing to 1.
+    """
+    if w is None:
+        w = step_weights(f.shape[1], device=f.device, dtype=f.dtype)
+    r = f / f0[:, None]
+    if objective == "sum":
+        loss = (r * w).sum(dim=1).mean()
+    elif objective == "log":
+        loss = (torch.log(r + 1e-12) * w).sum(dim=1).mean()
+    else:
+        raise ValueError(f"unknown objective {objective!r}; expected one of "
+                         f"{', '.join(L2L_OBJECTIVES)}")
+    if rate_weight:
+        loss = loss - rate_weight * loss_rate(f)
+    return loss

@@ -2,28 +2,20 @@
 
 Backpropagation through whole trajectories (``horizon`` queries, 100 by default) on
 batches of random functions, Adam with gradient-norm clipping, validation on a fixed set
-of held-out GP samples, and checkpoints: ``last.pt`` (everything needed to resume,
-written every ``checkpoint_every`` iterations and at the end) and ``best.pt`` (the
-policy with the best validation score so far, in the shipped-weights format, because
-longer training can make held-out regret worse). A run directory that holds ``last.pt``
-resumes from it. Progress goes to stdout and to ``log.jsonl`` in the run directory.
+of held-out GP samples; checkpoints, best weights and resume as in ``bbopt.meta.base``.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import pickle
-import subprocess
-import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bbopt.meta.base import MetaTrainer
 from bbopt.meta.losses import LOSSES, bbo_loss, step_weights
 from bbopt.nets.policy import BBOPolicy, rollout
 
@@ -98,19 +90,6 @@ def _scaled(fn: Any, y: torch.Tensor) -> torch.Tensor:
     return (y - fn.offset[:, None]) / fn.outputscale.sqrt()[:, None]
 
 
-def git_commit() -> str:
-    try:
-        here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, cwd=here, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, cwd=here, timeout=10)
-        commit = out.stdout.strip() or "unknown"
-        return commit + ("+changes" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 @torch.no_grad()
 def final_log_regret(policy: BBOPolicy | None, fn: Any, f_min: torch.Tensor, horizon: int,
                      parallel: int, generator: torch.Generator, floor: float) -> torch.Tensor:
@@ -183,83 +162,47 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu"
     return policy, blob.get("meta", {})
 
 
-class BBOTrainer:
+class BBOTrainer(MetaTrainer):
     """Meta-trains a ``BBOPolicy``; ``run()`` trains until ``config.iterations``."""
+
+    architecture_keys = ("core", "hidden", "layers", "core_options")
+    val_label = "val log10 regret"
 
     def __init__(self, config: BBOTrainConfig, run_dir: str | Path,
                  command: str | None = None, log: Any = None) -> None:
-        self.config = config
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.command = command or " ".join(["bbopt", *sys.argv[1:]])
-        self.log = log or (lambda msg: print(msg, flush=True))
-        self.device = torch.device(config.device)
-        torch.manual_seed(config.seed)
-        self.policy = config.make_policy().to(self.device)
-        self.optim = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
-        self.generator = torch.Generator().manual_seed(config.seed)
-        self.iteration = 0
-        self.best_val = math.inf
-        self.history: list[dict[str, Any]] = []
         self.prior = config.prior()
-        last = self.run_dir / "last.pt"
-        if last.exists():
-            self._resume(last)
-        elif config.init:
-            start, _ = load_policy(config.init, self.device)
-            if start.config != self.policy.config:
-                raise ValueError(f"{config.init}: its policy is {start.config}, this run asks "
-                                 f"for {self.policy.config}")
-            self.policy.load_state_dict(start.state_dict())
+        super().__init__(config, run_dir, command, log)
+        self.policy: BBOPolicy = self.model  # type: ignore[assignment]
         self.val = ValidationSet(self.prior, config.val_dims, config.val_functions,
                                  config.seed, self.device, config.regret_floor)
 
-    # -- checkpoints ----------------------------------------------------------------------
+    def make_model(self) -> BBOPolicy:
+        return self.config.make_policy()
 
-    def _resume(self, path: Path) -> None:
-        blob = torch.load(path, map_location=self.device, weights_only=False)
-        saved = blob["config"]
-        mine = asdict(self.config)
-        for key in ("core", "hidden", "layers", "core_options"):
-            if saved.get(key) != mine.get(key):
-                raise ValueError(f"{path}: cannot resume, the checkpoint has {key}="
-                                 f"{saved.get(key)!r} and this run asks for {mine.get(key)!r}")
-        self.policy.load_state_dict(blob["policy"])
-        self.optim.load_state_dict(blob["optim"])
-        self.generator.set_state(blob["generator"])
-        self.iteration = blob["iteration"]
-        self.best_val = blob["best_val"]
-        self.history = blob["history"]
-        self.log(f"resumed {path} at iteration {self.iteration} (best val {self.best_val:.3f})")
+    def load_init(self, path: str) -> None:
+        start, _ = load_policy(path, self.device)
+        if start.config != self.model.config:
+            raise ValueError(f"{path}: its policy is {start.config}, this run asks "
+                             f"for {self.model.config}")
+        self.model.load_state_dict(start.state_dict())
 
-    def _checkpoint(self) -> None:
-        tmp = self.run_dir / "last.tmp"
-        torch.save({"config": asdict(self.config), "policy": self.policy.state_dict(),
-                    "optim": self.optim.state_dict(), "generator": self.generator.get_state(),
-                    "iteration": self.iteration, "best_val": self.best_val,
-                    "history": self.history}, tmp)
-        os.replace(tmp, self.run_dir / "last.pt")
+    def save_best(self, path: Path, meta: dict[str, Any]) -> None:
+        save_policy(path, self.policy, meta)
 
-    def _meta(self, val: dict[str, float]) -> dict[str, Any]:
+    def meta(self) -> dict[str, Any]:
         c = self.config
         return {
-            "command": self.command, "commit": git_commit(), "iteration": self.iteration,
             "dims": list(c.dims), "horizon": c.horizon, "loss": c.loss,
             "step_weighting": c.step_weighting, "rate_weight": c.rate_weight,
             "parallel": list(c.parallel), "batch": c.batch, "lr": c.lr,
             "prior": {"kernel": c.kernel, "lengthscale_range": list(c.lengthscale_range),
                       "noise_std_range": list(c.noise_std_range)},
             "init": c.init, "regret_floor": c.regret_floor,
-            "validation": {"metric": f"mean log10(simple regret + {c.regret_floor:g}) at the "
-                                     "horizon, regret in prior std units, held-out GP samples",
-                           **val},
-            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "validation_metric": f"mean log10(simple regret + {c.regret_floor:g}) at the "
+                                 "horizon, regret in prior std units, held-out GP samples",
         }
 
-    # -- training -------------------------------------------------------------------------
-
-    def step(self) -> float:
-        """One meta-gradient step on a fresh batch of functions; returns the loss."""
+    def loss(self) -> torch.Tensor:
         c, g = self.config, self.generator
         d = c.dims[int(torch.randint(len(c.dims), (1,), generator=g))]
         q = c.parallel[int(torch.randint(len(c.parallel), (1,), generator=g))]
@@ -270,53 +213,11 @@ class BBOTrainer:
         if c.loss == "log-regret":
             _, f_min = fn.minimum(n_candidates=2048, refine_steps=30, generator=g)
             y_min = _scaled(fn, f_min[:, None])[:, 0]
-        loss = bbo_loss(c.loss, x, _scaled(fn, y), w, fn=fn, rate_weight=c.rate_weight,
+        return bbo_loss(c.loss, x, _scaled(fn, y), w, fn=fn, rate_weight=c.rate_weight,
                         y_min=y_min, regret_floor=c.regret_floor)
-        self.optim.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), c.clip)
-        self.optim.step()
-        return float(loss.detach())
 
-    def validate(self) -> dict[str, float]:
-        val = self.val.evaluate(self.policy, self.config.horizon)
-        if val["mean"] < self.best_val:
-            self.best_val = val["mean"]
-            save_policy(self.run_dir / "best.pt", self.policy, self._meta(val))
-            val["best"] = 1.0
-        return val
-
-    def run(self) -> dict[str, Any]:
-        c = self.config
-        if self.iteration == 0:
-            val = self.validate()
-            self._record({"iteration": 0, "val": val})
-        t0, losses = time.perf_counter(), []
-        while self.iteration < c.iterations:
-            losses.append(self.step())
-            self.iteration += 1
-            if self.iteration % c.val_every == 0 or self.iteration == c.iterations:
-                val = self.validate()
-                dt = (time.perf_counter() - t0) / len(losses)
-                self._record({"iteration": self.iteration, "loss": sum(losses) / len(losses),
-                              "s_per_it": dt, "val": val})
-                t0, losses = time.perf_counter(), []
-            if self.iteration % c.checkpoint_every == 0 or self.iteration == c.iterations:
-                self._checkpoint()
-        return {"iteration": self.iteration, "best_val": self.best_val,
-                "best": str(self.run_dir / "best.pt")}
-
-    def _record(self, entry: dict[str, Any]) -> None:
-        entry["time"] = time.strftime("%H:%M:%S")
-        self.history.append(entry)
-        with open(self.run_dir / "log.jsonl", "a") as f:
-            f.write(json.dumps(entry) + "\n")
-        val = entry["val"]
-        dims = " ".join(f"{k}={v:.3f}" for k, v in val.items() if k.startswith("d"))
-        loss = f" loss {entry['loss']:+.4f} ({entry['s_per_it']:.2f} s/it)" if "loss" in entry else ""
-        star = " *" if val.get("best") else ""
-        self.log(f"[{entry['time']}] it {entry['iteration']:>6}{loss} | val log10 regret "
-                 f"{val['mean']:.3f} ({dims}){star}")
+    def evaluate_validation(self) -> dict[str, float]:
+        return self.val.evaluate(self.policy, self.config.horizon)
 
 
 #: Seeds of the evaluation functions of ``evaluate``: apart from training (seed 0..),

@@ -22,12 +22,15 @@ from bbopt.errors import UnknownMethodError
 class History:
     """What an optimizer sees. ``X``: (m, d) completed points, ``y``: (m,) their values
     (to minimize), ``pending``: (p, d) points handed out without a value yet,
-    ``failed``: (f, d) points whose evaluation failed."""
+    ``failed``: (f, d) points whose evaluation failed, ``grads``: (m, d) gradients of the
+    values with respect to ``X`` where they were told (NaN rows where not), or None when
+    no completed trial has one."""
 
     X: np.ndarray
     y: np.ndarray
     pending: np.ndarray
     failed: np.ndarray
+    grads: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -103,4 +106,4 @@ def make_optimizer(method: str, dim: int, seed: int, options: dict[str, Any]) ->
 
 def _load_builtin() -> None:
     # Imported on first use: the GP and peer optimizers pull in heavy libraries.
-    from bbopt.optimizers import gp_ei, learned, peers, random  # noqa: F401
+    from bbopt.optimizers import gp_ei, l2l, learned, peers, random  # noqa: F401

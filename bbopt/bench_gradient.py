@@ -1,0 +1,305 @@
+"""Benchmark of the gradient-input optimizers against tuned hand-designed ones.
+
+Every method optimizes the same problems (``bbopt.tasks.optimizees``: a seed fixes the
+problems, their starting points and their minibatches) for ``steps`` steps, and the full
+training loss is recorded at ``RECORD`` steps. The baselines (SGD, Nesterov momentum,
+RMSprop, Adam) run at every learning rate of ``LR_GRID`` and each table row shows the
+best one *for that task and that step* (the median over problems decides), which favors
+them; the learned optimizer (``lstm``: ``bbopt.LSTMOptimizer`` with its shipped weights
+and default settings) and the learning-rate memory (``lr-memory``: a fresh
+``bbopt.LRMemory`` with its default settings) get no tuning. The sparse-regression tasks
+add ISTA and FISTA. Finished runs go to ``OUT/runs.jsonl``; a re-run skips them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from datetime import UTC, datetime
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+BASELINES = ("sgd", "nag", "rmsprop", "adam")
+UNTUNED = ("lstm", "lr-memory")
+PROXIMAL = ("ista", "fista")
+RECORD = (100, 200, 1000)
+#: Seeds of benchmark problems: apart from meta-training (0..) and its validation.
+BENCH_SEED = 555_000_000
+
+
+def _make(method: str, lr: float | None) -> Callable[[list[Any]], Any]:
+    import torch
+
+    import bbopt
+
+    if method == "sgd":
+        return lambda p: torch.optim.SGD(p, lr=lr)
+    if method == "nag":
+        return lambda p: torch.optim.SGD(p, lr=lr, momentum=0.9, nesterov=True)
+    if method == "rmsprop":
+        return lambda p: torch.optim.RMSprop(p, lr=lr)
+    if method == "adam":
+        return lambda p: torch.optim.Adam(p, lr=lr)
+    if method == "lstm":
+        return lambda p: bbopt.LSTMOptimizer(p)
+    if method == "lr-memory":
+        return lambda p: bbopt.LRMemory(p)
+    raise ValueError(f"unknown method {method!r}")
+
+
+def run_one(family: str, method: str, lr: float | None, seed: int, problems: int,
+            steps: int) -> dict[str, Any]:
+    """One method on one seed's batch of problems; the (problems,) losses at RECORD."""
+    import torch
+
+    from bbopt.meta.l2l import run_optimizer
+    from bbopt.tasks.optimizees import sample_optimizee
+
+    torch.set_num_threads(1)
+    problem = sample_optimizee(family, problems, torch.Generator().manual_seed(
+        BENCH_SEED + 1009 * seed), "cpu")
+    record = (0, *[t for t in RECORD if t <= steps])
+    if method in PROXIMAL:
+        from bbopt.tasks.sparse import ista
+
+        _, values = ista(problem.problem, steps, fast=method == "fista")  # type: ignore[attr-defined]
+        losses = {t: values[:, t] for t in record}
+    else:
+        losses = run_optimizer(_make(method, lr), problem, steps, record)
+    return {"family": family, "method": method, "lr": lr, "seed": seed,
+            "losses": {str(t): [float(v) if math.isfinite(v) else None
+                                for v in losses[t].tolist()] for t in record}}
+
+
+def _key(family: str, method: str, lr: float | None, seed: int) -> str:
+    return f"{family}|{method}|{lr}|{seed}"
+
+
+def plan(families: Sequence[str], seeds: int) -> list[tuple[str, str, float | None, int]]:
+    runs: list[tuple[str, str, float | None, int]] = []
+    for fam in families:
+        methods: list[tuple[str, float | None]] = [(m, None) for m in UNTUNED]
+        methods += [(m, lr) for m in BASELINES for lr in LR_GRID]
+        if fam.startswith("sparse"):
+            methods += [(m, None) for m in PROXIMAL]
+        runs += [(fam, m, lr, s) for m, lr in methods for s in range(seeds)]
+    return runs
+
+
+def benchmark_gradient(families: Sequence[str], seeds: int, problems: int, steps: int,
+                       out: Path, jobs: int = 1, command: str = "",
+                       markdown: Path | None = None, log: Callable[[str], None] = print
+                       ) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    cache = out / "runs.jsonl"
+    done: dict[str, dict[str, Any]] = {}
+    if cache.exists():
+        for line in cache.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                done[_key(r["family"], r["method"], r["lr"], r["seed"])] = r
+    todo = [r for r in plan(families, seeds) if _key(*r) not in done]
+    log(f"{len(done)} runs cached, {len(todo)} to run")
+    with open(cache, "a") as f:
+        def keep(r: dict[str, Any]) -> None:
+            done[_key(r["family"], r["method"], r["lr"], r["seed"])] = r
+            f.write(json.dumps(r) + "\n")
+            f.flush()
+
+        if jobs == 1:
+            for i, r in enumerate(todo):
+                keep(run_one(*r, problems, steps))
+                log(f"[{i + 1}/{len(todo)}] {r}")
+        else:
+            with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+                futs = {pool.submit(run_one, *r, problems, steps): r for r in todo}
+                for i, fut in enumerate(as_completed(futs)):
+                    keep(fut.result())
+                    log(f"[{i + 1}/{len(todo)}] {futs[fut]}")
+    summary = summarize(done, families, seeds, steps)
+    text = to_markdown(summary, command, seeds, problems)
+    (out / "table.md").write_text(text)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if markdown:
+        with open(markdown, "a") as f:
+            f.write("\n" + text)
+    return summary
+
+
+def _median(values: list[float | None]) -> float:
+    return statistics.median(math.inf if v is None else v for v in values)
+
+
+def summarize(done: dict[str, dict[str, Any]], families: Sequence[str], seeds: int,
+              steps: int) -> dict[str, Any]:
+    """Per family, method and recorded step: the median loss over all problems (the best
+    learning rate for the baselines, with that rate)."""
+    record = [t for t in RECORD if t <= steps]
+    out: dict[str, Any] = {}
+    for fam in families:
+        rows: dict[str, dict[str, Any]] = {}
+        methods = [*UNTUNED, *BASELINES, *(PROXIMAL if fam.startswith("sparse") else ())]
+        for m in methods:
+            lrs = LR_GRID if m in BASELINES else (None,)
+            row: dict[str, Any] = {}
+            for t in (0, *record):
+                best = None
+                for lr in lrs:
+                    vals: list[float | None] = []
+                    for s in range(seeds):
+                        vals += done[_key(fam, m, lr, s)]["losses"][str(t)]
+                    med = _median(vals)
+                    if best is None or med < best[0]:
+                        best = (med, lr)
+                row[str(t)] = {"median": best[0], "lr": best[1]}  # type: ignore[index]
+            rows[m] = row
+        out[fam] = rows
+    return {"families": out, "record": record}
+
+
+def to_markdown(summary: dict[str, Any], command: str, seeds: int, problems: int) -> str:
+    from bbopt.meta.base import git_commit
+
+    record = summary["record"]
+    lines = [f"### `{command}`", "",
+             f"{datetime.now(UTC):%Y-%m-%d}, commit {git_commit()}, {platform.machine()}, "
+             f"{os.cpu_count()} cores; {seeds} seeds x {problems} problems per task. Median "
+             "full training loss over the problems at each step (lower is better); for the "
+             "baselines the best learning rate of the grid "
+             f"{', '.join(f'{lr:g}' for lr in LR_GRID)} at that step, shown in brackets. "
+             "`lstm` and `lr-memory` are untuned. inf: diverged.", ""]
+    for fam, rows in summary["families"].items():
+        start = rows["lstm"]["0"]["median"]
+        lines += [f"**{fam}** (loss at step 0: {start:.4g})", "",
+                  "| method | " + " | ".join(f"step {t}" for t in record) + " |",
+                  "|---|" + "---|" * len(record)]
+        for m, row in rows.items():
+            cells = []
+            for t in record:
+                c = row[str(t)]
+                lr = f" [{c['lr']:g}]" if c["lr"] is not None else ""
+                cells.append(f"{c['median']:.4g}{lr}")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        adam = rows["adam"]
+        ratio = [rows["lstm"][str(t)]["median"] / adam[str(t)]["median"]
+                 if adam[str(t)]["median"] > 0 else math.nan for t in record]
+        lines += ["| lstm / tuned adam | " + " | ".join(f"{r:.3g}" for r in ratio) + " |", ""]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ learning-rate memory
+
+MEMORY_TASKS = (2, 3, 4)  # 1 vs 2, then 1 vs 3, then 1 vs 4
+MEMORY_TARGET = 0.98
+
+
+def _binary_digits(k: int) -> tuple[Any, Any, Any, Any]:
+    """Digit 1 (label 0) against digit k (label 1): the standardized train / test split of
+    ``bbopt.tasks.hpo``."""
+    from bbopt.tasks.hpo import _digits_data
+
+    X, y, Xt, yt = _digits_data()
+    m, mt = (y == 1) | (y == k), (yt == 1) | (yt == k)
+    return X[m], (y[m] == k).float(), Xt[mt], (yt[mt] == k).float()
+
+
+def samples_to_target(k: int, make: Callable[[list[Any]], Any], seed: int,
+                      max_samples: int, target: float = MEMORY_TARGET) -> tuple[int | None, Any]:
+    """Logistic regression on 1 vs ``k``, one training example per step (epochs in a
+    seeded random order): the number of examples seen when test accuracy first reaches
+    ``target`` (None if never within ``max_samples``), and the optimizer."""
+    import torch
+
+    X, y, Xt, yt = _binary_digits(k)
+    w = torch.zeros(X.shape[1], requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    opt = make([w, b])
+    g = torch.Generator().manual_seed(seed)
+    order = torch.cat([torch.randperm(len(X), generator=g)
+                       for _ in range(max_samples // len(X) + 1)])[:max_samples]
+    for n, i in enumerate(order.tolist(), start=1):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(X[i] @ w + b, y[i:i + 1])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            acc = float(((Xt @ w + b > 0).float() == yt).float().mean())
+        if acc >= target:
+            return n, opt
+    return None, opt
+
+
+def lr_memory_benchmark(seeds: int = 5, max_samples: int = 2000) -> dict[str, Any]:
+    """Samples to ``MEMORY_TARGET`` test accuracy on the sequence of ``MEMORY_TASKS`` for
+    SGD and Adam (each at the grid's best learning rate per task), SGD with a fresh
+    ``LRMemory`` on every task, and SGD with the memory carried from the previous task
+    (the first task starts fresh). Medians over seeds (orders of the examples)."""
+    import torch
+
+    import bbopt
+
+    torch.set_num_threads(1)
+    res: dict[str, dict[str, Any]] = {"sgd": {}, "adam": {}, "memory-fresh": {},
+                                      "memory-reloaded": {}}
+    cap = max_samples + 1  # "never" counts as one more than the budget in the median
+
+    def med(ns: list[int | None]) -> float:
+        return statistics.median(cap if n is None else n for n in ns)
+
+    for k in MEMORY_TASKS:
+        for name, cls in (("sgd", torch.optim.SGD), ("adam", torch.optim.Adam)):
+            best = None
+            for lr in LR_GRID:
+                ns = [samples_to_target(k, lambda p, lr=lr, cls=cls: cls(p, lr=lr), s,
+                                        max_samples)[0] for s in range(seeds)]
+                if best is None or med(ns) < best[0]:
+                    best = (med(ns), lr, ns)
+            res[name][f"1v{k}"] = {"median": best[0], "lr": best[1], "runs": best[2]}  # type: ignore[index]
+        ns = [samples_to_target(k, lambda p: bbopt.LRMemory(p), s, max_samples)[0]
+              for s in range(seeds)]
+        res["memory-fresh"][f"1v{k}"] = {"median": med(ns), "runs": ns}
+    # the reloaded memory: a chain of tasks per seed
+    chains: dict[int, list[int | None]] = {k: [] for k in MEMORY_TASKS}
+    for s in range(seeds):
+        memory = None
+        for k in MEMORY_TASKS:
+            n, opt = samples_to_target(k, lambda p, m=memory: bbopt.LRMemory(p, memory=m), s,
+                                       max_samples)
+            chains[k].append(n)
+            memory = opt.memory()
+    for k in MEMORY_TASKS:
+        res["memory-reloaded"][f"1v{k}"] = {"median": med(chains[k]), "runs": chains[k]}
+    return {"results": res, "seeds": seeds, "max_samples": max_samples,
+            "target": MEMORY_TARGET}
+
+
+def lr_memory_markdown(summary: dict[str, Any], command: str) -> str:
+    from bbopt.meta.base import git_commit
+
+    tasks = [f"1v{k}" for k in MEMORY_TASKS]
+    lines = [f"### `{command}`", "",
+             f"{datetime.now(UTC):%Y-%m-%d}, commit {git_commit()}. Logistic regression on "
+             "pairs of scikit-learn digits, one example per step; examples seen until test "
+             f"accuracy first reaches {summary['target']:.0%}, median over "
+             f"{summary['seeds']} example orders (lower is better; "
+             f">{summary['max_samples']}: not within the budget). SGD and Adam at the best "
+             f"learning rate of {', '.join(f'{lr:g}' for lr in LR_GRID)} per task "
+             "(in brackets); the memories untuned (a fresh one starts at 0.01 everywhere); "
+             "the reloaded memory comes from the previous task of the row.", "",
+             "| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    cap = summary["max_samples"] + 1
+    for name, row in summary["results"].items():
+        cells = []
+        for t in tasks:
+            c = row[t]
+            v = f">{summary['max_samples']}" if c["median"] >= cap else f"{c['median']:g}"
+            cells.append(v + (f" [{c['lr']:g}]" if "lr" in c else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

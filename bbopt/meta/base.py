@@ -1,0 +1,180 @@
+"""What every meta-trainer shares: the loop, validation-selected best weights,
+checkpoints, resume and the progress log.
+
+A run directory holds ``last.pt`` (everything needed to resume, written every
+``checkpoint_every`` iterations and at the end), ``best.pt`` (the model with the best
+validation score so far, in its shipped-weights format, because longer training can
+make held-out results worse) and ``log.jsonl``. A run directory that holds ``last.pt``
+resumes from it. A subclass says how to build its model, take one meta-gradient step,
+validate, and write shipped weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+def git_commit() -> str:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, cwd=here, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, cwd=here, timeout=10)
+        commit = out.stdout.strip() or "unknown"
+        return commit + ("+changes" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class MetaTrainer:
+    """Trains ``self.model`` with Adam until ``config.iterations``; see the module doc.
+
+    The config (a dataclass) needs ``lr``, ``clip``, ``iterations``, ``val_every``,
+    ``checkpoint_every``, ``seed`` and ``device``.
+    """
+
+    #: Config fields that fix the architecture: a checkpoint must match them to resume.
+    architecture_keys: ClassVar[tuple[str, ...]] = ()
+    #: What the validation figure is, for the progress line.
+    val_label: ClassVar[str] = "val"
+
+    def __init__(self, config: Any, run_dir: str | Path, command: str | None = None,
+                 log: Any = None) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.command = command or " ".join(["bbopt", *sys.argv[1:]])
+        self.log = log or (lambda msg: print(msg, flush=True))
+        self.device = torch.device(config.device)
+        torch.manual_seed(config.seed)
+        self.model: nn.Module = self.make_model().to(self.device)
+        self.optim = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.iteration = 0
+        self.best_val = math.inf
+        self.history: list[dict[str, Any]] = []
+        last = self.run_dir / "last.pt"
+        if last.exists():
+            self._resume(last)
+        elif getattr(config, "init", None):
+            self.load_init(config.init)
+
+    # -- what a subclass provides ---------------------------------------------------------
+
+    def make_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def load_init(self, path: str) -> None:
+        """Start from shipped-format weights (same architecture)."""
+        raise NotImplementedError
+
+    def loss(self) -> torch.Tensor:
+        """The meta-loss of one fresh batch (a graph to backpropagate through)."""
+        raise NotImplementedError
+
+    def evaluate_validation(self) -> dict[str, float]:
+        """Validation figures (lower is better), with the selection figure as ``mean``."""
+        raise NotImplementedError
+
+    def save_best(self, path: Path, meta: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def meta(self) -> dict[str, Any]:
+        """Metadata of shipped weights beyond command, commit, iteration and validation."""
+        return {}
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def _resume(self, path: Path) -> None:
+        blob = torch.load(path, map_location=self.device, weights_only=False)
+        saved = blob["config"]
+        mine = asdict(self.config)
+        for key in self.architecture_keys:
+            if saved.get(key) != mine.get(key):
+                raise ValueError(f"{path}: cannot resume, the checkpoint has {key}="
+                                 f"{saved.get(key)!r} and this run asks for {mine.get(key)!r}")
+        self.model.load_state_dict(blob["policy"])
+        self.optim.load_state_dict(blob["optim"])
+        self.generator.set_state(blob["generator"])
+        self.iteration = blob["iteration"]
+        self.best_val = blob["best_val"]
+        self.history = blob["history"]
+        self.log(f"resumed {path} at iteration {self.iteration} (best val {self.best_val:.3f})")
+
+    def _checkpoint(self) -> None:
+        tmp = self.run_dir / "last.tmp"
+        torch.save({"config": asdict(self.config), "policy": self.model.state_dict(),
+                    "optim": self.optim.state_dict(), "generator": self.generator.get_state(),
+                    "iteration": self.iteration, "best_val": self.best_val,
+                    "history": self.history}, tmp)
+        tmp.replace(self.run_dir / "last.pt")
+
+    # -- training -------------------------------------------------------------------------
+
+    def step(self) -> float:
+        """One meta-gradient step on a fresh batch; returns the loss. A non-finite loss
+        (a diverged trajectory) teaches nothing: it is logged and skipped."""
+        loss = self.loss()
+        if not torch.isfinite(loss):
+            self.log(f"it {self.iteration}: non-finite meta-loss, batch skipped")
+            return float("nan")
+        self.optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
+        self.optim.step()
+        return float(loss.detach())
+
+    def validate(self) -> dict[str, float]:
+        val = self.evaluate_validation()
+        if val["mean"] < self.best_val:
+            self.best_val = val["mean"]
+            meta = {"command": self.command, "commit": git_commit(),
+                    "iteration": self.iteration, **self.meta(), "validation": val,
+                    "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+            self.save_best(self.run_dir / "best.pt", meta)
+            val = {**val, "best": 1.0}
+        return val
+
+    def run(self) -> dict[str, Any]:
+        c = self.config
+        if self.iteration == 0:
+            val = self.validate()
+            self._record({"iteration": 0, "val": val})
+        t0, losses = time.perf_counter(), []
+        while self.iteration < c.iterations:
+            losses.append(self.step())
+            self.iteration += 1
+            if self.iteration % c.val_every == 0 or self.iteration == c.iterations:
+                dt = (time.perf_counter() - t0) / len(losses)
+                val = self.validate()
+                finite = [v for v in losses if math.isfinite(v)] or [math.nan]
+                self._record({"iteration": self.iteration, "loss": sum(finite) / len(finite),
+                              "s_per_it": dt, "val": val})
+                t0, losses = time.perf_counter(), []
+            if self.iteration % c.checkpoint_every == 0 or self.iteration == c.iterations:
+                self._checkpoint()
+        return {"iteration": self.iteration, "best_val": self.best_val,
+                "best": str(self.run_dir / "best.pt")}
+
+    def _record(self, entry: dict[str, Any]) -> None:
+        entry["time"] = time.strftime("%H:%M:%S")
+        self.history.append(entry)
+        with open(self.run_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        val = entry["val"]
+        parts = " ".join(f"{k}={v:.3f}" for k, v in val.items() if k not in ("mean", "best"))
+        loss = f" loss {entry['loss']:+.4f} ({entry['s_per_it']:.2f} s/it)" if "loss" in entry else ""
+        star = " *" if val.get("best") else ""
+        self.log(f"[{entry['time']}] it {entry['iteration']:>6}{loss} | {self.val_label} "
+                 f"{val['mean']:.3f} ({parts}){star}")

@@ -1,0 +1,109 @@
+"""The coordinatewise LSTM optimizer's update rule (Andrychowicz et al. 2016).
+
+One small LSTM, its weights shared by every coordinate of every parameter, runs on one
+row per coordinate with a state of its own. Each step it reads features of that
+coordinate's gradient and returns the coordinate's update. The same code serves
+meta-training (a differentiable function of flat parameter vectors) and use
+(``bbopt.LSTMOptimizer``, in place on a model's parameters), so there is one update rule.
+
+Inputs per coordinate (``FEATURES`` of them):
+
+* the paper's log/sign preprocessing of the gradient, ``(log|g| / p, sign g)`` when
+  ``|g| >= exp(-p)`` and ``(-1, exp(p) g)`` otherwise, with ``p = 10``;
+* scale-free features: ``g / sqrt(v)`` and momenta ``m_b / sqrt(v)`` at three time
+  scales ``b`` in (0.5, 0.9, 0.99), with ``v`` the bias-corrected mean square gradient
+  (b2 = 0.999), so the same weights work whatever the gradients' scale.
+
+Output: the update is an RMS-normalized momentum step whose size and direction the LSTM
+modulates, bounded so that nothing diverges far past the training horizon::
+
+    delta = -exp(log_lr + S * tanh(s)) * (m_0.9 / sqrt(v) + tanh(a))
+
+with ``s``, ``a`` the LSTM's two outputs per coordinate (zero at initialization, where
+the rule is Adam with learning rate ``exp(log_lr)``), ``log_lr`` a learned scalar and
+``S = 3`` (a factor of 20 either way).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+FEATURES = 6
+MOMENTA = (0.5, 0.9, 0.99)
+BETA2 = 0.999
+P = 10.0
+EPS = 1e-8
+SCALE_RANGE = 3.0
+
+#: Optimizer state per coordinate: step count (a scalar tensor), three momenta, the
+#: second moment, then the LSTM's (h, c) per layer.
+L2LState = tuple[torch.Tensor, ...]
+
+
+def preprocess_gradient(g: torch.Tensor, p: float = P) -> torch.Tensor:
+    """The paper's preprocessing: (N,) gradients -> (N, 2) features of comparable scale."""
+    big = g.abs() >= math.exp(-p)
+    logmag = torch.where(big, torch.log(g.abs().clamp_min(1e-38)) / p, torch.full_like(g, -1.0))
+    sign = torch.where(big, torch.sign(g), g * math.exp(p))
+    return torch.stack([logmag, sign], dim=1)
+
+
+class L2LNet(nn.Module):
+    """The coordinatewise LSTM update rule: ``step(grad, state) -> (delta, state)``."""
+
+    def __init__(self, hidden: int = 20, layers: int = 2, lr: float = 1e-2) -> None:
+        super().__init__()
+        if hidden < 1 or layers < 1 or not lr > 0:
+            raise ValueError("hidden and layers must be positive integers and lr positive")
+        self.hidden, self.layers = hidden, layers
+        self.cells = nn.ModuleList(
+            nn.LSTMCell(FEATURES if i == 0 else hidden, hidden) for i in range(layers)
+        )
+        self.head = nn.Linear(hidden, 2)
+        with torch.no_grad():  # start as Adam: zero outputs
+            self.head.weight.zero_()
+            self.head.bias.zero_()
+            for cell in self.cells:
+                cell.bias_ih[hidden:2 * hidden].fill_(1.0)
+                cell.bias_hh[hidden:2 * hidden].zero_()
+        self.log_lr = nn.Parameter(torch.tensor(math.log(lr)))
+
+    @property
+    def config(self) -> dict[str, float | int]:
+        return {"hidden": self.hidden, "layers": self.layers,
+                "lr": float(torch.exp(self.log_lr.detach()))}
+
+    def initial_state(self, n: int, device: torch.device | str | None = None,
+                      dtype: torch.dtype = torch.float32) -> L2LState:
+        z = torch.zeros(n, device=device, dtype=dtype)
+        zh = torch.zeros(n, self.hidden, device=device, dtype=dtype)
+        t = torch.zeros((), device=device, dtype=dtype)
+        return (t, *(z for _ in MOMENTA), z, *(zh for _ in range(2 * self.layers)))
+
+    def step(self, g: torch.Tensor, state: L2LState) -> tuple[torch.Tensor, L2LState]:
+        """One update for the (N,) gradient ``g``; returns the (N,) update to add."""
+        t = state[0] + 1
+        k = len(MOMENTA)
+        ms = [b * m + (1 - b) * g for b, m in zip(MOMENTA, state[1:1 + k], strict=True)]
+        v = BETA2 * state[1 + k] + (1 - BETA2) * g.square()
+        rms = (v / (1 - BETA2 ** t)).sqrt() + EPS
+        normed = [m / (1 - b ** t) / rms for b, m in zip(MOMENTA, ms, strict=True)]
+        feats = torch.cat([preprocess_gradient(g), (g / rms)[:, None],
+                           torch.stack(normed, dim=1)], dim=1)
+        h, new_hc = feats, []
+        hc = state[2 + k:]
+        for i, cell in enumerate(self.cells):
+            h, c = cell(h, (hc[2 * i], hc[2 * i + 1]))
+            new_hc += [h, c]
+        out = self.head(h)
+        size = torch.exp(self.log_lr + SCALE_RANGE * torch.tanh(out[:, 0]))
+        delta = -size * (normed[1] + torch.tanh(out[:, 1]))
+        return delta, (t, *ms, v, *new_hc)
+
+
+def detach_l2l_state(state: L2LState) -> L2LState:
+    """Cut the graph between unrolls (truncated backpropagation through time)."""
+    return tuple(s.detach() for s in state)

@@ -1,0 +1,155 @@
+"""``bbopt.LSTMOptimizer``: the coordinatewise learned optimizer as a ``torch.optim.Optimizer``.
+
+The update rule is ``bbopt.nets.l2l.L2LNet`` (Andrychowicz et al. 2016 with scale-free
+inputs and a bounded output); this class applies it in place to a model's parameters,
+one row of LSTM state per coordinate, and loads the shipped weights by default.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bbopt.errors import StudyError
+from bbopt.nets.l2l import L2LNet
+from bbopt.optimizers.base import History, Optimizer, register
+
+WEIGHTS_FORMAT = "bbopt-l2l-v1"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "l2l-lstm.pt"
+
+
+def save_l2l(path: str | Path, net: L2LNet, meta: dict[str, Any]) -> None:
+    """Write an update rule in the shipped-weights format (config + state_dict + metadata)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    config = {"hidden": net.hidden, "layers": net.layers}
+    torch.save({"format": WEIGHTS_FORMAT, "config": config, "state_dict": net.state_dict(),
+                "meta": meta}, tmp)
+    os.replace(tmp, path)
+
+
+def load_l2l(path: str | Path = DEFAULT_WEIGHTS, device: str | torch.device = "cpu"
+             ) -> tuple[L2LNet, dict[str, Any]]:
+    """Read weights written by ``save_l2l``: the net (eval mode, no gradients) and metadata."""
+    try:
+        blob = torch.load(Path(path), map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no learned-optimizer weights at {path}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise ValueError(f"{path} is not a bbopt learned optimizer ({WEIGHTS_FORMAT}): "
+                         f"{str(e).splitlines()[0]}") from None
+    if not isinstance(blob, dict) or blob.get("format") != WEIGHTS_FORMAT:
+        raise ValueError(f"{path} is not a bbopt learned optimizer ({WEIGHTS_FORMAT})")
+    net = L2LNet(**blob["config"])
+    net.load_state_dict(blob["state_dict"])
+    net.to(device).eval().requires_grad_(False)
+    return net, blob.get("meta", {})
+
+
+class LSTMOptimizer(torch.optim.Optimizer):
+    """The learned coordinatewise LSTM optimizer.
+
+    ``weights``: a path to weights written by ``save_l2l`` (the shipped ones by default)
+    or an ``L2LNet`` (the meta-trainer validates the net it trains this way).
+    ``scale`` (per parameter group) multiplies every update: 1 is what was learned.
+
+    Use it like any torch optimizer::
+
+        opt = bbopt.LSTMOptimizer(model.parameters())
+        loss.backward(); opt.step(); opt.zero_grad()
+    """
+
+    def __init__(self, params: Iterable[Any], weights: str | Path | L2LNet | None = None,
+                 scale: float = 1.0) -> None:
+        if not (isinstance(scale, int | float) and scale > 0):
+            raise ValueError(f"scale must be a positive number, got {scale!r}")
+        super().__init__(params, {"scale": float(scale)})
+        if isinstance(weights, L2LNet):
+            self.net, self.meta = weights, {}
+        else:
+            self.net, self.meta = load_l2l(DEFAULT_WEIGHTS if weights is None else weights)
+        self._net_device = next(self.net.parameters()).device
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("LSTMOptimizer does not support sparse gradients")
+                g = p.grad.reshape(-1).to(self._net_device, torch.float32)
+                state = self.state[p]
+                if "l2l" not in state:
+                    state["l2l"] = list(self.net.initial_state(g.numel(), self._net_device))
+                if len(state["l2l"]) != len(self.net.initial_state(0)):
+                    raise ValueError("optimizer state does not match the loaded weights")
+                # load_state_dict casts saved state to the parameter's dtype; the net is float32
+                prev = tuple(s.to(self._net_device, torch.float32) for s in state["l2l"])
+                delta, new = self.net.step(g, prev)
+                state["l2l"] = list(new)
+                p.add_(delta.view_as(p).to(p.device, p.dtype), alpha=group["scale"])
+        return loss
+
+
+@register("l2l")
+class L2LMethod(Optimizer):
+    """Gradient mode of a study: the learned optimizer's trajectory through the unit cube.
+
+    It starts at the centre of the cube (or at ``start``, a unit-cube point) and each ask
+    proposes the last completed point plus the update the LSTM optimizer makes from the
+    gradients told so far (``study.tell(trial, value, grad=...)``; the study converts
+    them to unit-cube coordinates). It follows one trajectory, so it proposes one point
+    at a time and needs the previous point told first. Trials told without a gradient
+    (``study.add``) and failed trials are not part of the trajectory.
+    """
+
+    needs_gradient = True
+
+    def __init__(self, dim: int, seed: int = 0, weights: str | None = None,
+                 start: list[float] | None = None, scale: float = 1.0) -> None:
+        super().__init__(dim, seed)
+        self.net, _ = load_l2l(DEFAULT_WEIGHTS if weights is None else weights)
+        self.start = np.full(dim, 0.5) if start is None else np.asarray(start, dtype=float)
+        if self.start.shape != (dim,) or not np.all((self.start >= 0) & (self.start <= 1)):
+            raise ValueError(f"start must be a point of the unit cube of dimension {dim}")
+        if not scale > 0:
+            raise ValueError("scale must be positive")
+        self.scale = float(scale)
+        # (number of gradients replayed, LSTM state, last update): asks in a row replay
+        # only the newest gradient.
+        self._cache: tuple[int, Any, np.ndarray] | None = None
+
+    def propose(self, history: History, n: int) -> np.ndarray:
+        if n != 1:
+            raise StudyError("method 'l2l' follows one trajectory: ask one trial at a time")
+        if len(history.pending):
+            raise StudyError("method 'l2l' needs the pending trial told (with its gradient) "
+                             "before it can propose the next one")
+        if history.grads is None:
+            return self.start[None, :].copy()
+        rows = ~np.isnan(history.grads).any(axis=1)
+        X, G = history.X[rows], history.grads[rows]
+        if not len(G):
+            return self.start[None, :].copy()
+        if self._cache is not None and self._cache[0] <= len(G):
+            done, state, delta = self._cache
+        else:
+            done, state, delta = 0, self.net.initial_state(self.dim), np.zeros(self.dim)
+        with torch.no_grad():
+            for g in G[done:]:
+                d, state = self.net.step(torch.as_tensor(g, dtype=torch.float32), state)
+                delta = d.numpy().astype(float)
+        self._cache = (len(G), state, delta)
+        return np.clip(X[-1] + self.scale * delta, 0.0, 1.0)[None, :]

@@ -1,0 +1,238 @@
+"""Optimizees: problems the gradient-input learned optimizers train and are judged on.
+
+Each family samples a batch of B independent problems over flat parameter vectors,
+``theta`` of shape (B, P), so one learned-optimizer step serves all of them at once:
+
+* ``quadratic``: the paper's random 10-dimensional ``||W theta - y||^2``, W and y Gaussian;
+* ``mlp-sigmoid``: the paper's MLP (one hidden layer of 20 sigmoid units) on scikit-learn's
+  digits, cross-entropy on minibatches of 128; ``mlp-wide`` (100 units), ``mlp-deep``
+  (three hidden layers of 20) and ``mlp-relu`` (ReLU units) vary it;
+* ``cnn``: two 3x3 convolutions (8 and 16 channels, ReLU, max-pooling) and a linear layer
+  on the 8x8 digit images;
+* ``sparse-l1`` and ``sparse-group``: sparse regression (``bbopt.tasks.sparse``).
+
+``loss(theta)`` is what an optimizer sees (the minibatch loss for the MLPs and CNN, drawn
+afresh at each call), ``full_loss(theta)`` what is reported (the loss on the whole
+training split). The meta-trainer trains on ``TRAIN_FAMILIES`` only; the rest are held
+out for the benchmark.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+TRAIN_FAMILIES = ("quadratic", "mlp-sigmoid")
+
+
+class Optimizee:
+    """A batch of B problems over (B, P) parameters."""
+
+    name: str
+    batch: int
+    dim: int
+    theta0: torch.Tensor
+
+    def loss(self, theta: torch.Tensor) -> torch.Tensor:
+        """(B,) losses seen by the optimizer (stochastic for minibatch problems)."""
+        raise NotImplementedError
+
+    def full_loss(self, theta: torch.Tensor) -> torch.Tensor:
+        """(B,) losses to report (deterministic)."""
+        return self.loss(theta)
+
+
+@dataclass
+class Quadratic(Optimizee):
+    """``||W theta - y||^2`` per problem."""
+
+    W: torch.Tensor
+    y: torch.Tensor
+    theta0: torch.Tensor
+    name: str = "quadratic"
+
+    def __post_init__(self) -> None:
+        self.batch, self.dim = self.theta0.shape
+
+    def loss(self, theta: torch.Tensor) -> torch.Tensor:
+        return (torch.einsum("bij,bj->bi", self.W, theta) - self.y).square().sum(dim=1)
+
+
+def _digits(device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    from bbopt.tasks.hpo import _digits_data
+
+    X, y, _, _ = _digits_data()
+    return X.to(device), y.to(device)
+
+
+@dataclass
+class _Minibatched(Optimizee):
+    """Shared plumbing of the digits problems: layout of theta, minibatches, init."""
+
+    shapes: list[tuple[int, ...]]
+    X: torch.Tensor
+    labels: torch.Tensor
+    theta0: torch.Tensor
+    data_generator: torch.Generator
+    minibatch: int = 128
+    name: str = ""
+    _slices: list[slice] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        self.batch, self.dim = self.theta0.shape
+        off = 0
+        for s in self.shapes:
+            n = math.prod(s)
+            self._slices.append(slice(off, off + n))
+            off += n
+
+    def unflatten(self, theta: torch.Tensor) -> list[torch.Tensor]:
+        B = theta.shape[0]
+        return [theta[:, sl].reshape(B, *s) for sl, s in zip(self._slices, self.shapes,
+                                                              strict=True)]
+
+    def logits(self, theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _ce(self, theta: torch.Tensor, X: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.logits(theta, X)  # (B, N, 10)
+        return F.cross_entropy(logits.transpose(1, 2), labels.expand(logits.shape[0], -1),
+                               reduction="none").mean(dim=1)
+
+    def loss(self, theta: torch.Tensor) -> torch.Tensor:
+        idx = torch.randint(len(self.X), (self.minibatch,), generator=self.data_generator)
+        idx = idx.to(self.X.device)
+        return self._ce(theta, self.X[idx], self.labels[idx])
+
+    def full_loss(self, theta: torch.Tensor) -> torch.Tensor:
+        return self._ce(theta, self.X, self.labels)
+
+
+def _init(shapes: list[tuple[int, ...]], fan_ins: list[int], batch: int,
+          generator: torch.Generator) -> torch.Tensor:
+    """torch's default init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), weights and biases."""
+    parts = []
+    for s, fan_in in zip(shapes, fan_ins, strict=True):
+        bound = 1 / math.sqrt(fan_in)
+        parts.append((torch.rand(batch, math.prod(s), generator=generator) * 2 - 1) * bound)
+    return torch.cat(parts, dim=1)
+
+
+@dataclass
+class MLP(_Minibatched):
+    activation: str = "sigmoid"
+
+    def logits(self, theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        act = torch.sigmoid if self.activation == "sigmoid" else torch.relu
+        params = self.unflatten(theta)
+        h = X.expand(theta.shape[0], -1, -1)
+        for i in range(0, len(params), 2):
+            h = torch.baddbmm(params[i + 1][:, None, :], h, params[i])
+            if i + 2 < len(params):
+                h = act(h)
+        return h
+
+
+@dataclass
+class CNN(_Minibatched):
+    def _one(self, flat: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        w1, b1, w2, b2, w3, b3 = (flat[sl].reshape(s) for sl, s in
+                                  zip(self._slices, self.shapes, strict=True))
+        h = F.max_pool2d(F.relu(F.conv2d(X, w1, b1, padding=1)), 2)  # (N, 8, 4, 4)
+        h = F.max_pool2d(F.relu(F.conv2d(h, w2, b2, padding=1)), 2)  # (N, 16, 2, 2)
+        return h.flatten(1) @ w3 + b3
+
+    def logits(self, theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        images = X.reshape(-1, 1, 8, 8)
+        return torch.func.vmap(self._one, in_dims=(0, None))(theta, images)
+
+
+def _mlp(name: str, widths: list[int], activation: str) -> Callable[..., Optimizee]:
+    def make(batch: int, generator: torch.Generator, device: torch.device | str) -> Optimizee:
+        X, labels = _digits(device)
+        sizes = [X.shape[1], *widths, 10]
+        shapes: list[tuple[int, ...]] = []
+        fans: list[int] = []
+        for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+            shapes += [(a, b), (b,)]
+            fans += [a, a]
+        theta0 = _init(shapes, fans, batch, generator).to(device)
+        data = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+        return MLP(shapes=shapes, X=X, labels=labels, theta0=theta0, data_generator=data,
+                   name=name, activation=activation)
+
+    return make
+
+
+def _cnn(batch: int, generator: torch.Generator, device: torch.device | str) -> Optimizee:
+    X, labels = _digits(device)
+    shapes = [(8, 1, 3, 3), (8,), (16, 8, 3, 3), (16,), (64, 10), (10,)]
+    fans = [9, 9, 72, 72, 64, 64]
+    theta0 = _init(shapes, fans, batch, generator).to(device)
+    data = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+    return CNN(shapes=shapes, X=X, labels=labels, theta0=theta0, data_generator=data,
+               name="cnn")
+
+
+def _quadratic(batch: int, generator: torch.Generator, device: torch.device | str,
+               dim: int = 10) -> Optimizee:
+    W = torch.randn(batch, dim, dim, generator=generator)
+    y = torch.randn(batch, dim, generator=generator)
+    theta0 = torch.randn(batch, dim, generator=generator)
+    return Quadratic(W.to(device), y.to(device), theta0.to(device))
+
+
+@dataclass
+class Sparse(Optimizee):
+    """Sparse regression over flat Gamma (see ``bbopt.tasks.sparse``); starts at zero."""
+
+    problem: object
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        n, k = self.problem.shape  # type: ignore[attr-defined]
+        self.batch = self.problem.D.shape[0]  # type: ignore[attr-defined]
+        self.dim = n * k
+        self.theta0 = torch.zeros(self.batch, self.dim, device=self.problem.D.device)  # type: ignore[attr-defined]
+
+    def loss(self, theta: torch.Tensor) -> torch.Tensor:
+        n, k = self.problem.shape  # type: ignore[attr-defined]
+        return self.problem.objective(theta.reshape(-1, n, k))  # type: ignore[attr-defined]
+
+
+def _sparse(kind: str) -> Callable[..., Optimizee]:
+    def make(batch: int, generator: torch.Generator, device: torch.device | str) -> Optimizee:
+        from bbopt.tasks.sparse import sample_sparse
+
+        return Sparse(sample_sparse(batch, kind, generator=generator, device=device),
+                      name=f"sparse-{kind}")
+
+    return make
+
+
+#: name -> ``make(batch, generator, device)``.
+FAMILIES: dict[str, Callable[..., Optimizee]] = {
+    "quadratic": _quadratic,
+    "mlp-sigmoid": _mlp("mlp-sigmoid", [20], "sigmoid"),
+    "mlp-wide": _mlp("mlp-wide", [100], "sigmoid"),
+    "mlp-deep": _mlp("mlp-deep", [20, 20, 20], "sigmoid"),
+    "mlp-relu": _mlp("mlp-relu", [20], "relu"),
+    "cnn": _cnn,
+    "sparse-l1": _sparse("l1"),
+    "sparse-group": _sparse("group"),
+}
+
+
+def sample_optimizee(family: str, batch: int, generator: torch.Generator,
+                     device: torch.device | str = "cpu") -> Optimizee:
+    """``batch`` fresh problems of ``family`` (one of ``FAMILIES``)."""
+    try:
+        make = FAMILIES[family]
+    except KeyError:
+        raise ValueError(f"unknown optimizee family {family!r}; known: "
+                         f"{', '.join(FAMILIES)}") from None
+    return make(batch, generator, device)

@@ -1,0 +1,225 @@
+"""The coordinatewise LSTM optimizer: update rule, torch optimizer, meta-training,
+shipped weights, and gradient mode in studies."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from bbopt.tasks.optimizees import sample_optimizee
+
+import bbopt
+from bbopt.errors import SpaceError, StudyError, TrialError
+from bbopt.meta.l2l import L2LTrainConfig, L2LTrainer, run_optimizer
+from bbopt.meta.losses import l2l_loss, loss_rate
+from bbopt.nets.l2l import L2LNet, preprocess_gradient
+from bbopt.optimizers.l2l import load_l2l, save_l2l
+
+
+def test_preprocessing_on_hand_computed_values():
+    g = torch.tensor([1.0, math.exp(-5), -math.exp(-20), 0.0, -math.exp(3)])
+    out = preprocess_gradient(g, p=10.0)
+    expected = torch.tensor([[0.0, 1.0], [-0.5, 1.0], [-1.0, -math.exp(-10)], [-1.0, 0.0],
+                             [0.3, -1.0]])
+    assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_fresh_rule_is_adam_with_momentum():
+    """Zero outputs at initialization: the first step is -lr * sign(g), like Adam's."""
+    net = L2LNet(lr=0.01)
+    delta, state = net.step(torch.tensor([2.0, -3.0, 0.5]), net.initial_state(3))
+    assert torch.allclose(delta, torch.tensor([-0.01, 0.01, -0.01]), atol=1e-6)
+    assert float(state[0]) == 1.0
+
+
+def test_meta_losses_on_hand_computed_values():
+    f = torch.tensor([[4.0, 2.0, 1.0]])
+    f0 = torch.tensor([4.0])
+    assert torch.isclose(l2l_loss(f, f0, "sum"), torch.tensor((1 + 0.5 + 0.25) / 3))
+    assert torch.isclose(l2l_loss(f, f0, "log"),
+                         torch.tensor((0 + math.log(0.5) + math.log(0.25)) / 3), atol=1e-6)
+    assert torch.isclose(loss_rate(f), torch.tensor(math.log(2.0)), atol=1e-6)
+    with_rate = l2l_loss(f, f0, "sum", rate_weight=0.5)
+    assert torch.isclose(with_rate, torch.tensor(0.5833333 - 0.5 * math.log(2.0)), atol=1e-5)
+    with pytest.raises(ValueError, match="unknown objective"):
+        l2l_loss(f, f0, "mean")
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+
+def test_lstm_optimizer_state_dict_round_trip_and_closure():
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    a = _model()
+    opt_a = bbopt.LSTMOptimizer(a.parameters())
+    for _ in range(5):
+        opt_a.zero_grad()
+        torch.nn.functional.mse_loss(a(x), y).backward()
+        opt_a.step()
+    b = _model()
+    b.load_state_dict(a.state_dict())
+    opt_b = bbopt.LSTMOptimizer(b.parameters())
+    opt_b.load_state_dict(opt_a.state_dict())
+
+    def closure(model, opt):
+        def f():
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            return loss
+        return f
+
+    for _ in range(3):
+        la = opt_a.step(closure(a, opt_a))
+        lb = opt_b.step(closure(b, opt_b))
+        assert torch.equal(la, lb)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+def test_lstm_optimizer_bad_input():
+    with pytest.raises(ValueError, match="scale"):
+        bbopt.LSTMOptimizer(_model().parameters(), scale=0)
+    with pytest.raises(FileNotFoundError, match="no learned-optimizer weights"):
+        bbopt.LSTMOptimizer(_model().parameters(), weights="/nonexistent/w.pt")
+
+
+def test_corrupt_or_foreign_weights_are_a_clear_error(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="not a bbopt learned optimizer"):
+        load_l2l(junk)
+    other = tmp_path / "other.pt"
+    torch.save({"format": "something-else"}, other)
+    with pytest.raises(ValueError, match="not a bbopt learned optimizer"):
+        load_l2l(other)
+    net = L2LNet(hidden=4, layers=1)
+    save_l2l(tmp_path / "w.pt", net, {"note": "test"})
+    loaded, meta = load_l2l(tmp_path / "w.pt")
+    assert meta == {"note": "test"} and loaded.hidden == 4
+
+
+def test_tiny_meta_training_lowers_validation_loss(tmp_path):
+    config = L2LTrainConfig(families=("quadratic",), batch=8, horizon=20, unroll=10,
+                            iterations=40, val_every=20, checkpoint_every=20,
+                            val_problems=8, init_lr=1e-3, lr=1e-2)
+    trainer = L2LTrainer(config, tmp_path / "run", command="test", log=lambda m: None)
+    result = trainer.run()
+    first = trainer.history[0]["val"]["mean"]
+    assert result["best_val"] < first - 0.1
+    _, meta = load_l2l(tmp_path / "run" / "best.pt")
+    assert meta["families"] == ["quadratic"] and meta["command"] == "test"
+    # resume: the run continues from last.pt
+    config.iterations = 60
+    again = L2LTrainer(config, tmp_path / "run", command="test", log=lambda m: None)
+    assert again.iteration == 40
+    again.run()
+    assert again.iteration == 60
+
+
+def test_train_config_rejects_bad_settings():
+    with pytest.raises(ValueError, match="unknown optimizee family"):
+        L2LTrainConfig(families=("nope",))
+    with pytest.raises(ValueError, match="multiple of unroll"):
+        L2LTrainConfig(horizon=30, unroll=20)
+
+
+def test_shipped_weights_beat_sgd_on_fresh_quadratics():
+    """Same step budget (100), the same 32 fresh quadratics; SGD at the best rate of a grid."""
+    problem = sample_optimizee("quadratic", 32, torch.Generator().manual_seed(4242))
+    lstm = run_optimizer(lambda p: bbopt.LSTMOptimizer(p), problem, 100, (100,))[100]
+    best_sgd = min(
+        float(run_optimizer(lambda p, lr=lr: torch.optim.SGD(p, lr=lr), problem, 100,
+                            (100,))[100].nan_to_num(math.inf).median())
+        for lr in (1e-3, 3e-3, 1e-2, 3e-2))
+    assert float(lstm.median()) < best_sgd
+    assert torch.isfinite(lstm).all()
+
+
+def test_shipped_weights_stay_finite_far_past_the_horizon():
+    """Ten times the training horizon (BENCHMARKS.md has the MLPs and CNN too)."""
+    problem = sample_optimizee("quadratic", 16, torch.Generator().manual_seed(7))
+    out = run_optimizer(lambda p: bbopt.LSTMOptimizer(p), problem, 1000, (0, 1000))
+    assert torch.isfinite(out[1000]).all() and (out[1000] < out[0]).all()
+
+
+# -- gradient mode in studies ---------------------------------------------------------------
+
+SPACE = {"x": bbopt.Float(-5, 5), "y": bbopt.Float(0.01, 100, log=True)}
+
+
+def _value_and_grad(p):
+    x, y = p["x"], p["y"]
+    ly = math.log10(y)
+    return (x - 1) ** 2 + (ly - 1) ** 2, {"x": 2 * (x - 1), "y": 2 * (ly - 1) / (y * math.log(10))}
+
+
+def test_gradient_mode_minimizes_a_smooth_function():
+    study = bbopt.Study(SPACE, method="l2l", seed=0)
+    first = None
+    for _ in range(60):
+        trial = study.ask()
+        value, grad = _value_and_grad(trial.params)
+        first = value if first is None else first
+        study.tell(trial, value, grad=grad)
+    assert study.best_trial.value < 1e-2 * first
+
+
+def test_gradient_mode_bad_input_leaves_the_study_unchanged():
+    study = bbopt.Study(SPACE, method="l2l", seed=0)
+    trial = study.ask()
+    with pytest.raises(TrialError, match="needs the gradient"):
+        study.tell(trial, 1.0)
+    with pytest.raises(SpaceError, match="sequence of 2 numbers"):
+        study.tell(trial, 1.0, grad=[1.0])
+    with pytest.raises(SpaceError, match="finite"):
+        study.tell(trial, 1.0, grad={"x": float("nan"), "y": 0.0})
+    with pytest.raises(SpaceError, match="unknown"):
+        study.tell(trial, 1.0, grad={"x": 1.0, "z": 0.0})
+    with pytest.raises(TrialError, match="failed trial"):
+        study.tell(trial, failed=True, grad=[1.0, 1.0])
+    with pytest.raises(StudyError, match="pending trial told"):
+        study.ask()
+    assert study.trials[0].state is bbopt.TrialState.PENDING
+    study.tell(trial, 1.0, grad=[0.5, -0.5])  # a sequence in the space's order
+    with pytest.raises(StudyError, match="one trial at a time"):
+        study.ask(2)
+    assert len(study.trials) == 1
+
+
+def test_gradient_needs_float_parameters():
+    study = bbopt.Study({"k": bbopt.Int(1, 5)}, method="l2l", seed=0)
+    trial = study.ask()
+    with pytest.raises(SpaceError, match="Float parameters only"):
+        study.tell(trial, 1.0, grad=[1.0])
+
+
+def test_gradient_mode_resumes_from_the_database(tmp_path):
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    straight = bbopt.Study(SPACE, method="l2l", seed=0)
+    for _ in range(8):
+        t = straight.ask()
+        v, g = _value_and_grad(t.params)
+        straight.tell(t, v, grad=g)
+    for _ in range(8):  # the same trajectory with a new process-like reopen at every step
+        study = bbopt.Study(SPACE, method="l2l", seed=0, storage=url, name="g")
+        t = study.ask()
+        v, g = _value_and_grad(t.params)
+        study.tell(t, v, grad=g)
+    reopened = bbopt.Study.load("g", url)
+    a = [t.params for t in straight.trials]
+    b = [t.params for t in reopened.trials]
+    np.testing.assert_allclose([list(p.values()) for p in a], [list(p.values()) for p in b],
+                               rtol=1e-5)
+    assert "grad" in reopened.trials[0].info
+
+
+def test_maximize_flips_the_gradient():
+    study = bbopt.Study({"x": bbopt.Float(-5, 5)}, method="l2l", seed=0, direction="maximize")
+    for _ in range(40):
+        t = study.ask()
+        x = t.params["x"]
+        study.tell(t, -(x - 2) ** 2, grad=[-2 * (x - 2)])
+    assert abs(study.best_trial.params["x"] - 2) < 0.2

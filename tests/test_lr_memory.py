@@ -1,0 +1,99 @@
+"""The online learning-rate memory: its update rule, reading, saving and reloading."""
+
+import math
+
+import pytest
+import torch
+
+import bbopt
+from bbopt.optimizers.lr_memory import load_memory, save_memory
+
+
+def _one_field(meta_lr=0.2):
+    p = torch.nn.Parameter(torch.tensor([0.0]))
+    opt = bbopt.LRMemory([p], lr=0.1, centers=[0.0], width=1.0, meta_lr=meta_lr)
+    return p, opt
+
+
+def _step(p, opt, g):
+    p.grad = torch.tensor([g])
+    opt.step()
+
+
+def test_update_rule_in_one_dimension():
+    """One field at log10|g| = 0: |g| = 1 activates it fully (w = 1), so each step moves
+    its log learning rate by meta_lr * sign(g_t g_{t-1}) * 1 / (1 + 1)."""
+    p, opt = _one_field()
+    _step(p, opt, 1.0)  # first gradient: nothing to compare with; SGD step at lr 0.1
+    assert float(p.detach()) == pytest.approx(-0.1)
+    assert float(opt.log_lr[0]) == pytest.approx(math.log(0.1))
+    _step(p, opt, 1.0)  # same sign: the rate grows, then this step uses it
+    grown = math.log(0.1) + 0.2 / 2
+    assert float(opt.log_lr[0]) == pytest.approx(grown)
+    assert float(p.detach()) == pytest.approx(-0.1 - math.exp(grown))
+    _step(p, opt, -1.0)  # sign flip: it shrinks again
+    assert float(opt.log_lr[0]) == pytest.approx(math.log(0.1))
+    # the field that learns is the previous gradient's: -1 (w = 1), same sign: grows
+    _step(p, opt, -1e-3)
+    assert float(opt.log_lr[0]) == pytest.approx(math.log(0.1) + 0.1, rel=1e-5)
+    # a previous gradient far from the field (|g| = 1e-3, z = -3) barely teaches it
+    _step(p, opt, 1e-3)
+    w = math.exp(-0.5 * 9)
+    assert float(opt.log_lr[0]) == pytest.approx(math.log(0.1) + 0.1 - 0.2 * w / (w + 1),
+                                                 rel=1e-5)
+
+
+def test_rates_stay_within_bounds():
+    p = torch.nn.Parameter(torch.tensor([0.0]))
+    opt = bbopt.LRMemory([p], lr=0.1, meta_lr=5.0, lr_bounds=(0.01, 1.0))
+    for _ in range(20):
+        _step(p, opt, 1.0)
+    assert float(opt.learning_rates(torch.tensor([1.0]))) <= 1.0 + 1e-6
+
+
+def test_memory_reload_and_state_dict(tmp_path):
+    p, opt = _one_field()
+    for g in (1.0, 1.0, 1.0):
+        _step(p, opt, g)
+    memory = opt.memory()
+    q = torch.nn.Parameter(torch.tensor([0.0]))
+    again = bbopt.LRMemory([q], memory=memory)
+    g = torch.tensor([1.0, 0.01])
+    assert torch.allclose(again.learning_rates(g), opt.learning_rates(g))
+    save_memory(tmp_path / "m.pt", memory)
+    from_file = bbopt.LRMemory([q], memory=tmp_path / "m.pt")
+    assert torch.allclose(from_file.learning_rates(g), opt.learning_rates(g))
+    fresh = bbopt.LRMemory([q], lr=0.5)
+    fresh.load_state_dict(opt.state_dict())
+    assert torch.allclose(fresh.learning_rates(g), opt.learning_rates(g))
+
+
+def test_bad_memory_input_is_a_clear_error(tmp_path):
+    q = [torch.nn.Parameter(torch.zeros(1))]
+    with pytest.raises(FileNotFoundError, match="no learning-rate memory"):
+        bbopt.LRMemory(q, memory=tmp_path / "none.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a learning-rate memory"):
+        load_memory(tmp_path / "junk.pt")
+    with pytest.raises(ValueError, match="not a learning-rate memory"):
+        bbopt.LRMemory(q, memory={"centers": [0.0, 1.0], "log_lr": [0.0], "width": 1.0})
+    with pytest.raises(ValueError, match="lr_bounds"):
+        bbopt.LRMemory(q, lr_bounds=(1.0, 0.1))
+
+
+def test_wraps_another_base_optimizer():
+    """With Adam as the base, the memory scales Adam's step coordinate by coordinate."""
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = bbopt.LRMemory([p], lr=0.1, base=torch.optim.Adam, base_options={"lr": 0.01},
+                         meta_lr=0.0)
+    p.grad = torch.tensor([3.0, -0.5])
+    opt.step()
+    # Adam's first step is -0.01 * sign(g); the memory's rate 0.1 makes it 10 times longer
+    assert torch.allclose(p.detach(), torch.tensor([-0.1, 0.1]), atol=1e-5)
+
+
+def test_learns_a_digits_task_online():
+    from bbopt.bench_gradient import samples_to_target
+
+    n, _ = samples_to_target(3, lambda params: bbopt.LRMemory(params), seed=0, max_samples=1000)
+    assert n is not None
