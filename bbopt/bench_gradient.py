@@ -34,6 +34,11 @@ RECORD = (100, 200, 1000)
 BENCH_SEED = 555_000_000
 
 
+def _record(steps: int) -> list[int]:
+    """The steps reported: those of RECORD within the budget, and the last one."""
+    return sorted({t for t in RECORD if t < steps} | {steps})
+
+
 def _make(method: str, lr: float | None) -> Callable[[list[Any]], Any]:
     import torch
 
@@ -51,6 +56,8 @@ def _make(method: str, lr: float | None) -> Callable[[list[Any]], Any]:
         return lambda p: bbopt.LSTMOptimizer(p)
     if method == "lr-memory":
         return lambda p: bbopt.LRMemory(p)
+    if method.startswith("lstm:"):  # other weights, e.g. an ablation's
+        return lambda p: bbopt.LSTMOptimizer(p, weights=method[len("lstm:"):])
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -65,7 +72,7 @@ def run_one(family: str, method: str, lr: float | None, seed: int, problems: int
     torch.set_num_threads(1)
     problem = sample_optimizee(family, problems, torch.Generator().manual_seed(
         BENCH_SEED + 1009 * seed), "cpu")
-    record = (0, *[t for t in RECORD if t <= steps])
+    record = (0, *_record(steps))
     if method in PROXIMAL:
         from bbopt.tasks.sparse import ista
 
@@ -82,10 +89,15 @@ def _key(family: str, method: str, lr: float | None, seed: int) -> str:
     return f"{family}|{method}|{lr}|{seed}"
 
 
-def plan(families: Sequence[str], seeds: int) -> list[tuple[str, str, float | None, int]]:
+def _untuned(weights: Sequence[str]) -> list[str]:
+    return [*UNTUNED, *(f"lstm:{w}" for w in weights)]
+
+
+def plan(families: Sequence[str], seeds: int, weights: Sequence[str] = ()
+         ) -> list[tuple[str, str, float | None, int]]:
     runs: list[tuple[str, str, float | None, int]] = []
     for fam in families:
-        methods: list[tuple[str, float | None]] = [(m, None) for m in UNTUNED]
+        methods: list[tuple[str, float | None]] = [(m, None) for m in _untuned(weights)]
         methods += [(m, lr) for m in BASELINES for lr in LR_GRID]
         if fam.startswith("sparse"):
             methods += [(m, None) for m in PROXIMAL]
@@ -95,8 +107,10 @@ def plan(families: Sequence[str], seeds: int) -> list[tuple[str, str, float | No
 
 def benchmark_gradient(families: Sequence[str], seeds: int, problems: int, steps: int,
                        out: Path, jobs: int = 1, command: str = "",
-                       markdown: Path | None = None, log: Callable[[str], None] = print
-                       ) -> dict[str, Any]:
+                       markdown: Path | None = None, log: Callable[[str], None] = print,
+                       weights: Sequence[str] = ()) -> dict[str, Any]:
+    """Run what ``plan`` lists (``weights``: more LSTM weights files, as methods
+    ``lstm:PATH``), write ``OUT/table.md`` and ``OUT/summary.json``, return the summary."""
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "runs.jsonl"
     done: dict[str, dict[str, Any]] = {}
@@ -105,7 +119,7 @@ def benchmark_gradient(families: Sequence[str], seeds: int, problems: int, steps
             if line.strip():
                 r = json.loads(line)
                 done[_key(r["family"], r["method"], r["lr"], r["seed"])] = r
-    todo = [r for r in plan(families, seeds) if _key(*r) not in done]
+    todo = [r for r in plan(families, seeds, weights) if _key(*r) not in done]
     log(f"{len(done)} runs cached, {len(todo)} to run")
     with open(cache, "a") as f:
         def keep(r: dict[str, Any]) -> None:
@@ -123,7 +137,7 @@ def benchmark_gradient(families: Sequence[str], seeds: int, problems: int, steps
                 for i, fut in enumerate(as_completed(futs)):
                     keep(fut.result())
                     log(f"[{i + 1}/{len(todo)}] {futs[fut]}")
-    summary = summarize(done, families, seeds, steps)
+    summary = summarize(done, families, seeds, steps, weights)
     text = to_markdown(summary, command, seeds, problems)
     (out / "table.md").write_text(text)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -138,14 +152,15 @@ def _median(values: list[float | None]) -> float:
 
 
 def summarize(done: dict[str, dict[str, Any]], families: Sequence[str], seeds: int,
-              steps: int) -> dict[str, Any]:
+              steps: int, weights: Sequence[str] = ()) -> dict[str, Any]:
     """Per family, method and recorded step: the median loss over all problems (the best
     learning rate for the baselines, with that rate)."""
-    record = [t for t in RECORD if t <= steps]
+    record = _record(steps)
     out: dict[str, Any] = {}
     for fam in families:
         rows: dict[str, dict[str, Any]] = {}
-        methods = [*UNTUNED, *BASELINES, *(PROXIMAL if fam.startswith("sparse") else ())]
+        methods = [*_untuned(weights), *BASELINES,
+                   *(PROXIMAL if fam.startswith("sparse") else ())]
         for m in methods:
             lrs = LR_GRID if m in BASELINES else (None,)
             row: dict[str, Any] = {}

@@ -377,8 +377,10 @@ def bench(suite: str, task_list: str | None, methods: str, budget: int, seeds: i
               show_default=True, help="Folder for runs.jsonl (cache; re-runs resume).")
 @click.option("--markdown", type=click.Path(dir_okay=False), default=None,
               help="Append the tables to this file (e.g. BENCHMARKS.md).")
+@click.option("--weights", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="More LSTM optimizer weights to run (as method lstm:PATH); repeatable.")
 def bench_gradient(families: str | None, steps: int, seeds: int, problems: int, jobs: int,
-                   out: str, markdown: str | None) -> None:
+                   out: str, markdown: str | None, weights: tuple[str, ...]) -> None:
     """The learned gradient-input optimizers against SGD, Nesterov, RMSprop and Adam with
     tuned learning rates (and ISTA / FISTA on sparse regression)."""
     from bbopt.bench_gradient import benchmark_gradient
@@ -390,7 +392,8 @@ def bench_gradient(families: str | None, steps: int, seeds: int, problems: int, 
         raise click.UsageError(f"unknown families {unknown}; known: {', '.join(FAMILIES)}")
     command = "bbopt bench-gradient " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     benchmark_gradient(fams, seeds, problems, steps, Path(out), jobs=jobs, command=command,
-                       markdown=Path(markdown) if markdown else None, log=click.echo)
+                       markdown=Path(markdown) if markdown else None, log=click.echo,
+                       weights=weights)
     click.echo((Path(out) / "table.md").read_text())
 
 
