@@ -307,10 +307,18 @@ def ask(name: str, storage: str, n: int, space_file: str | None, method: str | N
 @click.argument("trial_id", type=int)
 @click.argument("value", type=float, required=False)
 @click.option("--failed", is_flag=True, help="Record a failed evaluation instead of a value.")
+@click.option("--grad", default=None,
+              help='The gradient, as JSON: {"x": 0.1, ...} or a list in the space\'s order '
+                   "(gradient-input methods such as l2l need it).")
 @storage_option
-def tell(name: str, trial_id: int, value: float | None, failed: bool, storage: str) -> None:
+def tell(name: str, trial_id: int, value: float | None, failed: bool, grad: str | None,
+         storage: str) -> None:
     """Record VALUE (or --failed) for trial TRIAL_ID of study NAME."""
-    t = _open(name, storage).tell(trial_id, value, failed=failed)
+    try:
+        gradient = json.loads(grad) if grad is not None else None
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"not JSON: {e}", param_hint="--grad") from None
+    t = _open(name, storage).tell(trial_id, value, grad=gradient, failed=failed)
     click.echo(f"trial {t.id}: {t.state.value}" + (f" {_fmt(t.value)}" if t.value is not None
                                                   else ""))
 

@@ -253,3 +253,25 @@ def test_train_l2l_and_bench_gradient_commands(tmp_path):
     assert "**quadratic**" in text and "| fista |" in text and "lstm / tuned adam" in text
     res = runner.invoke(main, ["bench-gradient", "--families", "resnet"])
     assert res.exit_code != 0 and "unknown families" in res.output
+
+
+def test_shell_gradient_mode(workdir):
+    db = "sqlite:///g.db"
+    Path("fspace.json").write_text(json.dumps({"x": {"type": "float", "low": -2, "high": 2}}))
+    for _ in range(3):
+        a = json.loads(run("ask", "grad", "--storage", db, "--space", "fspace.json",
+                           "--method", "l2l").output)
+        x = a["params"]["x"]
+        run("tell", "grad", str(a["id"]), str((x - 1) ** 2), "--grad", json.dumps([2 * (x - 1)]),
+            "--storage", db)
+    a = json.loads(run("ask", "grad", "--storage", db).output)
+    for args, msg in [
+        (("tell", "grad", str(a["id"]), "1.0"), "needs the gradient"),
+        (("tell", "grad", str(a["id"]), "1.0", "--grad", "[1, 2]"), "sequence of 1 numbers"),
+        (("tell", "grad", str(a["id"]), "1.0", "--grad", "{x"), "not JSON"),
+    ]:
+        r = run(*args, "--storage", db, ok=False)
+        assert r.exit_code != 0 and msg in r.output, r.output
+    trials = Study.load("grad", db).trials
+    assert [t.state.value for t in trials] == ["complete"] * 3 + ["pending"]
+    assert trials[2].value < trials[0].value
