@@ -214,6 +214,27 @@ def _sparse(kind: str) -> Callable[..., Optimizee]:
     return make
 
 
+class Rescaled(Optimizee):
+    """``problem`` over ``phi = theta / scale`` (``scale``: (B, 1), per problem).
+
+    Task augmentation for meta-training: the same problem with its parameters in other
+    units, so its best step size (in the optimizer's units) changes by ``1 / scale``. A
+    rule trained on such problems must find the step size from what it observes instead
+    of memorizing one that suits the training families.
+    """
+
+    def __init__(self, problem: Optimizee, scale: torch.Tensor) -> None:
+        self.problem, self.scale = problem, scale
+        self.name, self.batch, self.dim = problem.name, problem.batch, problem.dim
+        self.theta0 = problem.theta0 / scale
+
+    def loss(self, theta: torch.Tensor) -> torch.Tensor:
+        return self.problem.loss(theta * self.scale)
+
+    def full_loss(self, theta: torch.Tensor) -> torch.Tensor:
+        return self.problem.full_loss(theta * self.scale)
+
+
 #: name -> ``make(batch, generator, device)``.
 FAMILIES: dict[str, Callable[..., Optimizee]] = {
     "quadratic": _quadratic,

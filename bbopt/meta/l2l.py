@@ -23,7 +23,13 @@ from bbopt.meta.base import MetaTrainer
 from bbopt.meta.losses import L2L_OBJECTIVES, l2l_loss
 from bbopt.nets.l2l import L2LNet, detach_l2l_state
 from bbopt.optimizers.l2l import LSTMOptimizer, load_l2l, save_l2l
-from bbopt.tasks.optimizees import FAMILIES, TRAIN_FAMILIES, Optimizee, sample_optimizee
+from bbopt.tasks.optimizees import (
+    FAMILIES,
+    TRAIN_FAMILIES,
+    Optimizee,
+    Rescaled,
+    sample_optimizee,
+)
 
 #: Seeds of validation problems, apart from training (seed 0..) and the benchmark.
 VAL_SEED = 20_000_003
@@ -42,6 +48,7 @@ class L2LTrainConfig:
     unroll: int = 20
     objective: str = "log"
     grad_scale_decades: float = 2.0  # gradients seen scaled by 10^U(-x, x) per problem
+    param_scale_decades: float = 1.0  # parameters in units 10^U(-x, x) per problem
     rate_weight: float = 0.0
     lr: float = 1e-3
     clip: float = 1.0
@@ -70,8 +77,8 @@ class L2LTrainConfig:
         if self.horizon % self.unroll:
             raise ValueError(f"horizon ({self.horizon}) must be a multiple of unroll "
                              f"({self.unroll})")
-        if self.grad_scale_decades < 0:
-            raise ValueError("grad_scale_decades must be >= 0")
+        if self.grad_scale_decades < 0 or self.param_scale_decades < 0:
+            raise ValueError("grad_scale_decades and param_scale_decades must be >= 0")
         if not (self.init_lr > 0 and self.lr > 0 and self.clip > 0):
             raise ValueError("init_lr, lr and clip must be positive")
 
@@ -112,8 +119,12 @@ class L2LTrainer(MetaTrainer):
         self.val_sets = []
         for i, fam in enumerate(config.families):
             g = torch.Generator().manual_seed(VAL_SEED + 101 * config.seed + i)
-            self.val_sets.append((fam, sample_optimizee(fam, config.val_problems, g,
-                                                        self.device)))
+            problem = sample_optimizee(fam, config.val_problems, g, self.device)
+            if config.param_scale_decades:  # validate on the training distribution: the
+                # problems in units spread evenly over the augmentation's range
+                u = torch.linspace(-1, 1, config.val_problems, device=self.device)[:, None]
+                problem = Rescaled(problem, 10.0 ** (config.param_scale_decades * u))
+            self.val_sets.append((fam, problem))
 
     def make_model(self) -> L2LNet:
         c = self.config
@@ -136,6 +147,7 @@ class L2LTrainer(MetaTrainer):
         return {"families": list(c.families), "horizon": c.horizon, "unroll": c.unroll,
                 "objective": c.objective, "rate_weight": c.rate_weight, "batch": c.batch,
                 "grad_scale_decades": c.grad_scale_decades, "init_lr": c.init_lr,
+                "param_scale_decades": c.param_scale_decades,
                 "lr": c.lr, "init": c.init,
                 "validation_metric": "mean over the training families' held-out problems "
                                      "of log10(full loss / starting loss) at the horizon "
@@ -147,12 +159,16 @@ class L2LTrainer(MetaTrainer):
         c, g = self.config, self.generator
         fam = c.families[int(torch.randint(len(c.families), (1,), generator=g))]
         problem = sample_optimizee(fam, c.batch, g, self.device)
+        if c.param_scale_decades:
+            u = torch.rand(c.batch, 1, generator=g) * 2 - 1
+            problem = Rescaled(problem, (10.0 ** (c.param_scale_decades * u)).to(self.device))
         theta = problem.theta0.clone()
         with torch.no_grad():
             f0 = problem.loss(theta).clamp_min(1e-12)
         state = self.net.initial_state(theta.numel(), self.device)
         # Task augmentation: the same problem with its loss scaled, as the net sees it
-        # (its update should not depend on the units of the loss).
+        # (its update should not depend on the units of the loss), and above, with its
+        # parameters in other units (its step size must adapt to the problem).
         u = torch.rand(c.batch, 1, generator=g) * 2 - 1
         scale = (10.0 ** (c.grad_scale_decades * u)).to(self.device)
         self._episode = (problem, theta, state, f0, scale, 0)
