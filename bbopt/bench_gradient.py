@@ -53,11 +53,12 @@ def _make(method: str, lr: float | None) -> Callable[[list[Any]], Any]:
     if method == "adam":
         return lambda p: torch.optim.Adam(p, lr=lr)
     if method == "lstm":
-        return lambda p: bbopt.LSTMOptimizer(p)
+        return lambda p: bbopt.LSTMOptimizer(p, problems=p[0].shape[0])
     if method == "lr-memory":
         return lambda p: bbopt.LRMemory(p)
     if method.startswith("lstm:"):  # other weights, e.g. an ablation's
-        return lambda p: bbopt.LSTMOptimizer(p, weights=method[len("lstm:"):])
+        return lambda p: bbopt.LSTMOptimizer(p, weights=method[len("lstm:"):],
+                                             problems=p[0].shape[0])
     raise ValueError(f"unknown method {method!r}")
 
 

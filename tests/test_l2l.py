@@ -50,17 +50,20 @@ def _model():
     return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
 
 
-def test_lstm_optimizer_state_dict_round_trip_and_closure():
+@pytest.mark.parametrize("busy", [False, True])
+def test_lstm_optimizer_state_dict_round_trip_and_closure(busy):
+    """With the shipped weights, and with a net that has global features."""
+    weights = _busy_net() if busy else None
     x, y = torch.randn(32, 4), torch.randn(32, 1)
     a = _model()
-    opt_a = bbopt.LSTMOptimizer(a.parameters())
+    opt_a = bbopt.LSTMOptimizer(a.parameters(), weights=weights)
     for _ in range(5):
         opt_a.zero_grad()
         torch.nn.functional.mse_loss(a(x), y).backward()
         opt_a.step()
     b = _model()
     b.load_state_dict(a.state_dict())
-    opt_b = bbopt.LSTMOptimizer(b.parameters())
+    opt_b = bbopt.LSTMOptimizer(b.parameters(), weights=weights)
     opt_b.load_state_dict(opt_a.state_dict())
 
     def closure(model, opt):
@@ -129,7 +132,8 @@ def test_train_config_rejects_bad_settings():
 def test_shipped_weights_beat_sgd_on_fresh_quadratics():
     """Same step budget (100), the same 32 fresh quadratics; SGD at the best rate of a grid."""
     problem = sample_optimizee("quadratic", 32, torch.Generator().manual_seed(4242))
-    lstm = run_optimizer(lambda p: bbopt.LSTMOptimizer(p), problem, 100, (100,))[100]
+    lstm = run_optimizer(lambda p: bbopt.LSTMOptimizer(p, problems=32), problem, 100,
+                         (100,))[100]
     best_sgd = min(
         float(run_optimizer(lambda p, lr=lr: torch.optim.SGD(p, lr=lr), problem, 100,
                             (100,))[100].nan_to_num(math.inf).median())
@@ -141,7 +145,8 @@ def test_shipped_weights_beat_sgd_on_fresh_quadratics():
 def test_shipped_weights_stay_finite_far_past_the_horizon():
     """Ten times the training horizon (BENCHMARKS.md has the MLPs and CNN too)."""
     problem = sample_optimizee("quadratic", 16, torch.Generator().manual_seed(7))
-    out = run_optimizer(lambda p: bbopt.LSTMOptimizer(p), problem, 1000, (0, 1000))
+    out = run_optimizer(lambda p: bbopt.LSTMOptimizer(p, problems=16), problem, 1000,
+                        (0, 1000))
     assert torch.isfinite(out[1000]).all() and (out[1000] < out[0]).all()
 
 
@@ -223,3 +228,43 @@ def test_maximize_flips_the_gradient():
         x = t.params["x"]
         study.tell(t, -(x - 2) ** 2, grad=[-2 * (x - 2)])
     assert abs(study.best_trial.params["x"] - 2) < 0.2
+
+
+def _busy_net():
+    torch.manual_seed(3)
+    net = L2LNet(hidden=8, layers=2, global_features=True)
+    with torch.no_grad():  # non-zero outputs, so the LSTM and its inputs matter
+        net.head.weight.normal_(0, 0.5)
+    return net.requires_grad_(False)
+
+
+def test_batched_problems_are_independent_and_parameters_form_one_problem():
+    """A batch of problems run together equals each run alone (the global features are
+    per problem), and a model's parameters split over tensors equal one flat tensor."""
+    net = _busy_net()
+    problem = sample_optimizee("quadratic", 3, torch.Generator().manual_seed(11))
+    together = run_optimizer(lambda p: bbopt.LSTMOptimizer(p, weights=net, problems=3),
+                             problem, 30, (30,))[30]
+    for i in range(3):
+        theta = problem.theta0[i:i + 1].clone().requires_grad_(True)
+        opt = bbopt.LSTMOptimizer([theta], weights=net)
+        for _ in range(30):
+            opt.zero_grad()
+            problem.loss(torch.cat([problem.theta0[:i], theta,
+                                    problem.theta0[i + 1:]]))[i].backward()
+            opt.step()
+        alone = problem.full_loss(torch.cat([problem.theta0[:i], theta.detach(),
+                                             problem.theta0[i + 1:]]))[i]
+        assert torch.isclose(alone, together[i], rtol=1e-4)
+    flat = torch.nn.Parameter(torch.arange(6.0))
+    a, b = torch.nn.Parameter(torch.arange(2.0)), torch.nn.Parameter(torch.arange(2.0, 6.0))
+    opt_flat = bbopt.LSTMOptimizer([flat], weights=net)
+    opt_split = bbopt.LSTMOptimizer([{"params": [a]}, {"params": [b]}], weights=net)
+    for _ in range(5):
+        for p in (flat, a, b):
+            p.grad = torch.sin(p.detach() * 3)
+        opt_flat.step()
+        opt_split.step()
+    assert torch.allclose(flat.detach(), torch.cat([a.detach(), b.detach()]))
+    with pytest.raises(ValueError, match="problems > 1"):
+        bbopt.LSTMOptimizer([a, b], weights=net, problems=2)

@@ -42,6 +42,7 @@ class L2LTrainConfig:
     hidden: int = 20
     layers: int = 2
     init_lr: float = 3e-2  # the rule's step size at initialization (it starts as Adam)
+    global_features: bool = True  # per-problem gradient cosines (see bbopt.nets.l2l)
     families: tuple[str, ...] = TRAIN_FAMILIES
     batch: int = 8
     horizon: int = 100
@@ -108,7 +109,7 @@ def run_optimizer(make: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
 class L2LTrainer(MetaTrainer):
     """Meta-trains an ``L2LNet``; ``run()`` trains until ``config.iterations`` unrolls."""
 
-    architecture_keys = ("hidden", "layers")
+    architecture_keys = ("hidden", "layers", "global_features")
     val_label = "val log10 loss ratio"
 
     def __init__(self, config: L2LTrainConfig, run_dir: str | Path,
@@ -128,15 +129,14 @@ class L2LTrainer(MetaTrainer):
 
     def make_model(self) -> L2LNet:
         c = self.config
-        return L2LNet(hidden=c.hidden, layers=c.layers, lr=c.init_lr)
+        return L2LNet(hidden=c.hidden, layers=c.layers, lr=c.init_lr,
+                      global_features=c.global_features)
 
     def load_init(self, path: str) -> None:
         start, _ = load_l2l(path, self.device)
-        c = self.config
-        if (start.hidden, start.layers) != (c.hidden, c.layers):
-            raise ValueError(f"{path}: its net has hidden={start.hidden}, layers="
-                             f"{start.layers}; this run asks for hidden={c.hidden}, "
-                             f"layers={c.layers}")
+        if start.config != self.net.config:
+            raise ValueError(f"{path}: its net is {start.config}; this run asks for "
+                             f"{self.net.config}")
         self.model.load_state_dict(start.state_dict())
 
     def save_best(self, path: Path, meta: dict[str, Any]) -> None:
@@ -184,7 +184,8 @@ class L2LTrainer(MetaTrainer):
         for _ in range(c.unroll):
             f = problem.loss(theta)
             (g,) = torch.autograd.grad(f.sum(), theta, retain_graph=True)
-            delta, state = self.net.step((g.detach() * scale).reshape(-1), state)
+            delta, state = self.net.step((g.detach() * scale).reshape(-1), state,
+                                         problems=c.batch)
             fs.append(f)
             theta = theta + delta.view_as(theta)
         f_last = problem.loss(theta)
@@ -202,8 +203,9 @@ class L2LTrainer(MetaTrainer):
         out: dict[str, float] = {}
         self.net.eval()
         for fam, problem in self.val_sets:
-            res = run_optimizer(lambda p: LSTMOptimizer(p, weights=self.net), problem,
-                                2 * h, (0, h, 2 * h))
+            res = run_optimizer(
+                lambda p: LSTMOptimizer(p, weights=self.net, problems=p[0].shape[0]),
+                problem, 2 * h, (0, h, 2 * h))
             for t in (h, 2 * h):
                 ratio = torch.nan_to_num(res[t] / res[0], nan=1e6, posinf=1e6)
                 out[f"{fam}@{t}"] = float(torch.log10(ratio.clamp_min(1e-12)).mean())

@@ -12,7 +12,11 @@ Inputs per coordinate (``FEATURES`` of them):
   ``|g| >= exp(-p)`` and ``(-1, exp(p) g)`` otherwise, with ``p = 10``;
 * scale-free features: ``g / sqrt(v)`` and momenta ``m_b / sqrt(v)`` at three time
   scales ``b`` in (0.5, 0.9, 0.99), with ``v`` the bias-corrected mean square gradient
-  (b2 = 0.999), so the same weights work whatever the gradients' scale.
+  (b2 = 0.999), so the same weights work whatever the gradients' scale;
+* with ``global_features``, two features shared by the coordinates of one problem: the
+  cosine between its whole gradient and the previous one, and that cosine's moving
+  average (b = 0.9). Negative cosines mean the steps overshoot, which no single
+  coordinate sees reliably; with them the rule can find a problem's step size.
 
 Output: the update is an RMS-normalized momentum step whose size and direction the LSTM
 modulates, bounded so that nothing diverges far past the training horizon::
@@ -32,6 +36,8 @@ import torch
 from torch import nn
 
 FEATURES = 6
+GLOBAL_FEATURES = 2
+COSINE_BETA = 0.9
 MOMENTA = (0.5, 0.9, 0.99)
 BETA2 = 0.999
 P = 10.0
@@ -39,7 +45,8 @@ EPS = 1e-8
 SCALE_RANGE = 3.0
 
 #: Optimizer state per coordinate: step count (a scalar tensor), three momenta, the
-#: second moment, then the LSTM's (h, c) per layer.
+#: second moment, with global features the previous gradient and the cosine's average
+#: (the same value in every coordinate of a problem), then the LSTM's (h, c) per layer.
 L2LState = tuple[torch.Tensor, ...]
 
 
@@ -54,13 +61,16 @@ def preprocess_gradient(g: torch.Tensor, p: float = P) -> torch.Tensor:
 class L2LNet(nn.Module):
     """The coordinatewise LSTM update rule: ``step(grad, state) -> (delta, state)``."""
 
-    def __init__(self, hidden: int = 20, layers: int = 2, lr: float = 1e-2) -> None:
+    def __init__(self, hidden: int = 20, layers: int = 2, lr: float = 1e-2,
+                 global_features: bool = False) -> None:
         super().__init__()
         if hidden < 1 or layers < 1 or not lr > 0:
             raise ValueError("hidden and layers must be positive integers and lr positive")
         self.hidden, self.layers = hidden, layers
+        self.global_features = bool(global_features)
+        n_in = FEATURES + (GLOBAL_FEATURES if global_features else 0)
         self.cells = nn.ModuleList(
-            nn.LSTMCell(FEATURES if i == 0 else hidden, hidden) for i in range(layers)
+            nn.LSTMCell(n_in if i == 0 else hidden, hidden) for i in range(layers)
         )
         self.head = nn.Linear(hidden, 2)
         with torch.no_grad():  # start as Adam: zero outputs
@@ -72,36 +82,56 @@ class L2LNet(nn.Module):
         self.log_lr = nn.Parameter(torch.tensor(math.log(lr)))
 
     @property
-    def config(self) -> dict[str, float | int]:
+    def config(self) -> dict[str, bool | int]:
+        """The constructor arguments that fix the architecture (what weights files keep)."""
         return {"hidden": self.hidden, "layers": self.layers,
-                "lr": float(torch.exp(self.log_lr.detach()))}
+                "global_features": self.global_features}
+
+    @property
+    def _extra(self) -> int:
+        return 2 if self.global_features else 0
 
     def initial_state(self, n: int, device: torch.device | str | None = None,
                       dtype: torch.dtype = torch.float32) -> L2LState:
         z = torch.zeros(n, device=device, dtype=dtype)
         zh = torch.zeros(n, self.hidden, device=device, dtype=dtype)
         t = torch.zeros((), device=device, dtype=dtype)
-        return (t, *(z for _ in MOMENTA), z, *(zh for _ in range(2 * self.layers)))
+        return (t, *(z for _ in MOMENTA), z, *(z for _ in range(self._extra)),
+                *(zh for _ in range(2 * self.layers)))
 
-    def step(self, g: torch.Tensor, state: L2LState) -> tuple[torch.Tensor, L2LState]:
-        """One update for the (N,) gradient ``g``; returns the (N,) update to add."""
+    def step(self, g: torch.Tensor, state: L2LState, problems: int = 1
+             ) -> tuple[torch.Tensor, L2LState]:
+        """One update for the (N,) gradient ``g``; returns the (N,) update to add.
+
+        ``problems``: ``g`` holds that many independent problems one after the other
+        (equal sizes), each with its own global features.
+        """
         t = state[0] + 1
         k = len(MOMENTA)
         ms = [b * m + (1 - b) * g for b, m in zip(MOMENTA, state[1:1 + k], strict=True)]
         v = BETA2 * state[1 + k] + (1 - BETA2) * g.square()
         rms = (v / (1 - BETA2 ** t)).sqrt() + EPS
         normed = [m / (1 - b ** t) / rms for b, m in zip(MOMENTA, ms, strict=True)]
-        feats = torch.cat([preprocess_gradient(g), (g / rms)[:, None],
-                           torch.stack(normed, dim=1)], dim=1)
+        parts = [preprocess_gradient(g), (g / rms)[:, None], torch.stack(normed, dim=1)]
+        extra: list[torch.Tensor] = []
+        if self.global_features:
+            prev, avg = state[2 + k], state[3 + k]
+            gp, pp = g.view(problems, -1), prev.view(problems, -1)
+            cos = (gp * pp).sum(1) / (gp.norm(dim=1) * pp.norm(dim=1) + 1e-30)
+            cos = cos[:, None].expand_as(gp).reshape(-1)
+            avg = COSINE_BETA * avg + (1 - COSINE_BETA) * cos
+            parts.append(torch.stack([cos, avg], dim=1))
+            extra = [g, avg]
+        feats = torch.cat(parts, dim=1)
         h, new_hc = feats, []
-        hc = state[2 + k:]
+        hc = state[2 + k + self._extra:]
         for i, cell in enumerate(self.cells):
             h, c = cell(h, (hc[2 * i], hc[2 * i + 1]))
             new_hc += [h, c]
         out = self.head(h)
         size = torch.exp(self.log_lr + SCALE_RANGE * torch.tanh(out[:, 0]))
         delta = -size * (normed[1] + torch.tanh(out[:, 1]))
-        return delta, (t, *ms, v, *new_hc)
+        return delta, (t, *ms, v, *extra, *new_hc)
 
 
 def detach_l2l_state(state: L2LState) -> L2LState:

@@ -29,8 +29,7 @@ def save_l2l(path: str | Path, net: L2LNet, meta: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    config = {"hidden": net.hidden, "layers": net.layers}
-    torch.save({"format": WEIGHTS_FORMAT, "config": config, "state_dict": net.state_dict(),
+    torch.save({"format": WEIGHTS_FORMAT, "config": net.config, "state_dict": net.state_dict(),
                 "meta": meta}, tmp)
     os.replace(tmp, path)
 
@@ -59,6 +58,9 @@ class LSTMOptimizer(torch.optim.Optimizer):
     ``weights``: a path to weights written by ``save_l2l`` (the shipped ones by default)
     or an ``L2LNet`` (the meta-trainer validates the net it trains this way).
     ``scale`` (per parameter group) multiplies every update: 1 is what was learned.
+    ``problems``: for benchmarks that optimize a batch of independent problems at once,
+    one parameter whose first dimension indexes them (each gets its own global
+    features); otherwise all parameters form one problem.
 
     Use it like any torch optimizer::
 
@@ -67,39 +69,62 @@ class LSTMOptimizer(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Iterable[Any], weights: str | Path | L2LNet | None = None,
-                 scale: float = 1.0) -> None:
+                 scale: float = 1.0, problems: int = 1) -> None:
         if not (isinstance(scale, int | float) and scale > 0):
             raise ValueError(f"scale must be a positive number, got {scale!r}")
         super().__init__(params, {"scale": float(scale)})
+        if problems != 1:
+            ps = [p for g in self.param_groups for p in g["params"]]
+            if len(ps) != 1 or ps[0].ndim < 1 or ps[0].shape[0] != problems:
+                raise ValueError("problems > 1 needs one parameter whose first dimension "
+                                 "is the number of problems")
+        self.problems = problems
         if isinstance(weights, L2LNet):
             self.net, self.meta = weights, {}
         else:
             self.net, self.meta = load_l2l(DEFAULT_WEIGHTS if weights is None else weights)
         self._net_device = next(self.net.parameters()).device
+        self._state_len = len(self.net.initial_state(0))
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One update of every parameter that has a gradient: a single pass of the net
+        over all their coordinates (the global features see the whole gradient)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        items = []  # (param, its group's scale)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("LSTMOptimizer does not support sparse gradients")
-                g = p.grad.reshape(-1).to(self._net_device, torch.float32)
-                state = self.state[p]
-                if "l2l" not in state:
-                    state["l2l"] = list(self.net.initial_state(g.numel(), self._net_device))
-                if len(state["l2l"]) != len(self.net.initial_state(0)):
-                    raise ValueError("optimizer state does not match the loaded weights")
-                # load_state_dict casts saved state to the parameter's dtype; the net is float32
-                prev = tuple(s.to(self._net_device, torch.float32) for s in state["l2l"])
-                delta, new = self.net.step(g, prev)
-                state["l2l"] = list(new)
-                p.add_(delta.view_as(p).to(p.device, p.dtype), alpha=group["scale"])
+                items.append((p, group["scale"]))
+        if not items:
+            return loss
+        dev = self._net_device
+        grads, states = [], []
+        for p, _ in items:
+            g = p.grad.reshape(-1).to(dev, torch.float32)
+            state = self.state[p]
+            if "l2l" not in state:
+                state["l2l"] = list(self.net.initial_state(g.numel(), dev))
+            if len(state["l2l"]) != self._state_len:
+                raise ValueError("optimizer state does not match the loaded weights")
+            # load_state_dict casts saved state to the parameter's dtype; the net is float32
+            states.append([s.to(dev, torch.float32) for s in state["l2l"]])
+            grads.append(g)
+        # one state for all coordinates: the step count is shared, the rest concatenated
+        joint = tuple(states[0][0] if i == 0 else torch.cat([st[i] for st in states])
+                      for i in range(self._state_len))
+        delta, new = self.net.step(torch.cat(grads), joint, problems=self.problems)
+        sizes = [g.numel() for g in grads]
+        per_param = [torch.split(s, sizes) for s in new[1:]]
+        for j, ((p, scale), d) in enumerate(zip(items, torch.split(delta, sizes), strict=True)):
+            self.state[p]["l2l"] = [new[0], *(piece[j] for piece in per_param)]
+            p.add_(d.view_as(p).to(p.device, p.dtype), alpha=scale)
         return loss
 
 
