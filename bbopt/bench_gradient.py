@@ -308,7 +308,7 @@ def lr_memory_markdown(summary: dict[str, Any], command: str) -> str:
              f">{summary['max_samples']}: not within the budget). SGD and Adam at the best "
              f"learning rate of {', '.join(f'{lr:g}' for lr in LR_GRID)} per task "
              "(in brackets); the memories untuned (a fresh one starts at 0.01 everywhere); "
-             "the reloaded memory comes from the previous task of the row.", "",
+             "the reloaded memory is the one the previous column's task ended with.", "",
              "| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
     cap = summary["max_samples"] + 1
     for name, row in summary["results"].items():
