@@ -2,11 +2,16 @@
 
 from bbopt.errors import (
     BBOptError,
+    NoCompletedTrialError,
+    NotFoundError,
+    ServiceError,
     SpaceError,
     StorageError,
     StudyError,
     TrialError,
     UnknownMethodError,
+    UnknownStudyError,
+    UnknownTrialError,
 )
 from bbopt.optimizers.base import Optimizer, available_methods, register
 from bbopt.space import Categorical, Float, Int, Space
@@ -15,8 +20,13 @@ from bbopt.trial import Trial, TrialState
 
 __version__ = "0.1.0"
 
-# The torch optimizers are imported on first use: ``import bbopt`` stays free of torch.
-_LAZY = {"LSTMOptimizer": "bbopt.optimizers.l2l", "LRMemory": "bbopt.optimizers.lr_memory"}
+# Imported on first use: ``import bbopt`` stays free of torch, Ray and HTTP libraries.
+_LAZY = {
+    "LSTMOptimizer": "bbopt.optimizers.l2l",
+    "LRMemory": "bbopt.optimizers.lr_memory",
+    "Client": "bbopt.serve.client",
+    "BBOptSearch": "bbopt.serve.tune",
+}
 
 
 def __getattr__(name: str):  # noqa: ANN202 - module-level lazy attributes (PEP 562)
@@ -28,21 +38,28 @@ def __getattr__(name: str):  # noqa: ANN202 - module-level lazy attributes (PEP 
 
 __all__ = [
     "BBOptError",
+    "BBOptSearch",
+    "Client",
     "Categorical",
     "Float",
     "Int",
     "LRMemory",
     "LSTMOptimizer",
+    "NoCompletedTrialError",
+    "NotFoundError",
     "Space",
     "SpaceError",
     "StorageError",
     "StudyError",
     "TrialError",
     "Optimizer",
+    "ServiceError",
     "Study",
     "Trial",
     "TrialState",
     "UnknownMethodError",
+    "UnknownStudyError",
+    "UnknownTrialError",
     "available_methods",
     "register",
 ]

@@ -94,10 +94,15 @@ def _fmt(v: Any) -> str:
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Evaluations run at once (threads; each asks and tells on its own).")
 @click.option("--seed", type=click.IntRange(min=0), default=None)
+@click.option("--service", default=None, metavar="URL",
+              help="Run against a study of `bbopt serve` at URL instead of --storage; "
+                   "several tune processes can share one study this way.")
+@click.option("--token", envvar="BBOPT_TOKEN", default=None,
+              help="API token of the service (env BBOPT_TOKEN).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def tune(objective: str, space_file: str | None, budget: int, method: str | None,
          direction: str | None, storage: str, name: str | None, workers: int,
-         seed: int | None, quiet: bool) -> None:
+         seed: int | None, service: str | None, token: str | None, quiet: bool) -> None:
     """Optimize OBJECTIVE: path/to/file.py:function, module:function, or a shell
     command with {name} placeholders whose last printed number is the value.
 
@@ -110,8 +115,14 @@ def tune(objective: str, space_file: str | None, budget: int, method: str | None
     fn = load_function(objective)
     space = Space.load(space_file) if space_file else getattr(fn, "space", None)
     name = name or (objective.split(":")[-1] if fn is not None else "shell")
-    study = Study(space, method=method, direction=direction, seed=seed, storage=storage,
-                  name=name)
+    if service:
+        from bbopt.serve.client import Client
+
+        study: Any = Client(service, token).study(name, space, method=method,
+                                                  direction=direction, seed=seed)
+    else:
+        study = Study(space, method=method, direction=direction, seed=seed, storage=storage,
+                      name=name)
     if fn is None:
         fn = ShellObjective(objective, study.space.names)
 
@@ -321,6 +332,38 @@ def tell(name: str, trial_id: int, value: float | None, failed: bool, grad: str 
     t = _open(name, storage).tell(trial_id, value, grad=gradient, failed=failed)
     click.echo(f"trial {t.id}: {t.state.value}" + (f" {_fmt(t.value)}" if t.value is not None
                                                   else ""))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@storage_option
+@click.option("--token", envvar="BBOPT_TOKEN", default=None,
+              help="API token clients must send (env BBOPT_TOKEN); a random one is made "
+                   "and printed when none is given.")
+@click.option("--hosts", "n_hosts", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Study-host actors holding the studies' optimizers.")
+@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
+              help="HTTP ingress replicas.")
+@click.option("--address", default=None,
+              help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray instance).")
+def serve(host: str, port: int, storage: str, token: str | None, n_hosts: int,
+          replicas: int, address: str | None) -> None:
+    """Serve studies over HTTP (Ray Serve): create, ask, tell, best; see /docs."""
+    import secrets
+
+    from bbopt.serve.service import run
+
+    if not token:
+        token = secrets.token_urlsafe(24)
+        click.echo(f"API token (set BBOPT_TOKEN or --token to choose one): {token}", err=True)
+
+    def ready(url: str) -> None:
+        click.echo(f"bbopt service on {url} (storage {storage}, {n_hosts} study hosts); "
+                   f"OpenAPI at {url}/docs; Ctrl-C stops", err=True)
+
+    run(host, port, storage, token, n_hosts=n_hosts, replicas=replicas, address=address,
+        ready=ready)
 
 
 @main.command()

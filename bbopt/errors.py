@@ -22,6 +22,31 @@ class StudyError(BBOptError, ValueError):
     """A study is missing, already exists, or is opened with conflicting settings."""
 
 
+class NotFoundError(BBOptError, LookupError):
+    """A study or trial named by the caller does not exist (the service answers 404)."""
+
+
+class UnknownStudyError(StudyError, NotFoundError):
+    """No study of that name in the store."""
+
+
+class UnknownTrialError(TrialError, NotFoundError):
+    """No trial of that id in the study."""
+
+
+class NoCompletedTrialError(StudyError, NotFoundError):
+    """The study has no completed trial yet, so it has no best trial."""
+
+
+class ServiceError(BBOptError, RuntimeError):
+    """The bbopt service cannot be reached, refused the token, or failed (``status``: the
+    HTTP status, 0 when there was no answer)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class StorageError(BBOptError, RuntimeError):
     """The database behind a study cannot be reached or is not a bbopt store."""
 

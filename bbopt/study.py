@@ -11,7 +11,7 @@ from typing import Any, overload
 
 import numpy as np
 
-from bbopt.errors import StudyError, TrialError
+from bbopt.errors import NoCompletedTrialError, StudyError, TrialError, UnknownStudyError
 from bbopt.optimizers.base import DEFAULT_METHOD, History, Optimizer, make_optimizer
 from bbopt.space import Space
 from bbopt.storage import SQLStorage, StudyRecord, get_storage
@@ -20,7 +20,8 @@ from bbopt.trial import Trial, TrialState
 DIRECTIONS = ("minimize", "maximize")
 
 
-def _check_value(value: Any) -> float:
+def check_value(value: Any) -> float:
+    """``value`` as a finite float; TrialError naming the problem otherwise."""
     if isinstance(value, bool | str | bytes):
         raise TrialError(f"value must be a real number, got {value!r}")
     if not isinstance(value, numbers.Real):
@@ -68,7 +69,9 @@ class Study:
         if record is None:
             if space is None:
                 where = f" in {storage}" if storage else ""
-                raise StudyError(f"no study named {name!r}{where}; give a space to create it")
+                raise UnknownStudyError(
+                    f"no study named {name!r}{where}; give a space to create it"
+                )
             make_optimizer(method or DEFAULT_METHOD, space.dim, 0, options)  # fail early
             try:
                 record = self._storage.create_study(
@@ -117,7 +120,7 @@ class Study:
         """Open an existing study; raise StudyError if there is none of that name."""
         store = get_storage(storage, create=False)
         if store.get_study(name) is None:
-            raise StudyError(f"no study named {name!r} in {storage}")
+            raise UnknownStudyError(f"no study named {name!r} in {storage}")
         return cls(storage=store, name=name)
 
     # -- properties ---------------------------------------------------------------
@@ -147,7 +150,7 @@ class Study:
         """The complete trial with the best value; StudyError if there is none yet."""
         done = [t for t in self.trials if t.state is TrialState.COMPLETE]
         if not done:
-            raise StudyError(f"study {self.name!r} has no completed trials yet")
+            raise NoCompletedTrialError(f"study {self.name!r} has no completed trials yet")
         pick = min if self.direction == "minimize" else max
         return pick(done, key=lambda t: t.value)
 
@@ -252,7 +255,7 @@ class Study:
             )
         if value is None:
             raise TrialError("tell needs a value (or failed=True for a failed evaluation)")
-        value = _check_value(value)
+        value = check_value(value)
         info = None
         if grad is not None:
             info = {"grad": self.space.check_grad(grad)}
@@ -266,5 +269,5 @@ class Study:
         """Record an evaluation made outside the study (a warm start, a known good point)."""
         params = self.space.validate(params)
         return self._storage.add(
-            self._record.id, params, TrialState.COMPLETE, _check_value(value), {"source": "add"}
+            self._record.id, params, TrialState.COMPLETE, check_value(value), {"source": "add"}
         )

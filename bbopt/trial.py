@@ -40,3 +40,14 @@ class Trial:
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "info": self.info,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Trial:
+        """The inverse of ``to_dict`` (the client reads the service's trials with it)."""
+
+        def when(s: str | None) -> datetime | None:
+            return datetime.fromisoformat(s) if s else None
+
+        return cls(id=int(d["id"]), params=dict(d["params"]), state=TrialState(d["state"]),
+                   value=d.get("value"), created_at=when(d.get("created_at")),
+                   finished_at=when(d.get("finished_at")), info=dict(d.get("info") or {}))

@@ -25,6 +25,7 @@ order), it replays the history from the start.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,11 @@ class _PolicyOptimizer(Optimizer):
     weights_name: str = ""
 
     def __init__(self, dim: int, seed: int = 0, weights: str | None = None,
-                 device: str = "cpu") -> None:
+                 device: str | None = None) -> None:
         super().__init__(dim, seed)
+        # BBOPT_DEVICE lets a host (the service's GPU actors) place every study's policy
+        # without writing a device into the studies' stored options.
+        device = device or os.environ.get("BBOPT_DEVICE", "cpu")
         from bbopt.meta.trainer import load_policy
 
         path = Path(weights) if weights else WEIGHTS_DIR / self.weights_name

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
-from bbopt.errors import StorageError, StudyError, TrialError
+from bbopt.errors import StorageError, StudyError, TrialError, UnknownStudyError, UnknownTrialError
 from bbopt.trial import Trial, TrialState
 
 metadata = sa.MetaData()
@@ -228,7 +228,7 @@ class SQLStorage:
     def delete_study(self, name: str) -> None:
         record = self.get_study(name)
         if record is None:
-            raise StudyError(f"no study named {name!r} in {self._safe_url()}")
+            raise UnknownStudyError(f"no study named {name!r} in {self._safe_url()}")
         with self._transaction(record.id) as conn:
             conn.execute(trials_table.delete().where(trials_table.c.study_id == record.id))
             conn.execute(studies_table.delete().where(studies_table.c.id == record.id))
@@ -336,7 +336,7 @@ class SQLStorage:
             where = (trials_table.c.study_id == study_id) & (trials_table.c.number == number)
             row = conn.execute(sa.select(trials_table).where(where)).first()
             if row is None:
-                raise TrialError(f"unknown trial id {number}")
+                raise UnknownTrialError(f"unknown trial id {number}")
             if row.state != TrialState.PENDING.value:
                 raise TrialError(
                     f"trial {number} is already finished ({row.state}"

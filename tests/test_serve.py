@@ -1,0 +1,318 @@
+"""The HTTP service and its client.
+
+Most tests run the service's FastAPI app with in-process study hosts under uvicorn on
+loopback (real HTTP, no Ray), which is fast; the end-to-end test runs ``bbopt serve`` on
+a local Ray instance, loads it with concurrent clients, kills it with SIGKILL in the
+middle, restarts it and checks that nothing told was lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import uvicorn
+
+import bbopt
+from bbopt.errors import (
+    NoCompletedTrialError,
+    ServiceError,
+    SpaceError,
+    StudyError,
+    TrialError,
+    UnknownStudyError,
+    UnknownTrialError,
+)
+from bbopt.serve.app import LocalBackend, make_app
+from bbopt.serve.hosts import host_index
+
+TOKEN = "test-token"
+SPACE = {"x": bbopt.Float(-2.0, 2.0), "k": bbopt.Int(1, 5),
+         "act": bbopt.Categorical(["relu", "tanh"])}
+
+
+def _value(params: dict) -> float:
+    return params["x"] ** 2 + 0.1 * params["k"] + (params["act"] == "tanh")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def service(tmp_path: Path):
+    """The app on uvicorn in a thread, two in-process hosts, a SQLite file."""
+    storage = f"sqlite:///{tmp_path / 'svc.db'}"
+    app = make_app(LocalBackend(storage, n_hosts=2), TOKEN)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}"
+    yield url, storage
+    server.should_exit = True
+    thread.join(10)
+
+
+def _raw(url: str, method: str, path: str, data: str | None = None,
+         token: str | None = TOKEN) -> requests.Response:
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return requests.request(method, url + path, data=data, headers=headers, timeout=30)
+
+
+def test_client_mirrors_study(service):
+    url, storage = service
+    remote = bbopt.Client(url, token=TOKEN)
+    assert remote.health()["status"] == "ok"
+    study = remote.study("demo", space=SPACE, method="random", seed=3)
+    assert (study.name, study.method, study.direction, study.seed) == (
+        "demo", "random", "minimize", 3)
+    with pytest.raises(NoCompletedTrialError):
+        study.best_trial
+    values = {}
+    for _ in range(6):
+        trial = study.ask()
+        assert trial.state is bbopt.TrialState.PENDING
+        values[trial.id] = _value(trial.params)
+        done = study.tell(trial, values[trial.id])
+        assert done.value == values[trial.id]
+    batch = study.ask(3)
+    assert len({json.dumps(t.params, sort_keys=True) for t in batch}) == 3
+    study.tell(batch[0].id, failed=True, reason="diverged")
+    assert study.best_trial.value == min(values.values())
+    states = [t.state.value for t in study.trials]
+    assert states == ["complete"] * 6 + ["failed", "pending", "pending"]
+    assert study.info()["counts"] == {"pending": 2, "complete": 6, "failed": 1}
+    assert remote.studies() == ["demo"]
+    # Reopening gives the same study; the store holds exactly what the service said.
+    again = remote.study("demo")
+    assert [t.id for t in again.trials] == list(range(9))
+    local = bbopt.Study.load("demo", storage)
+    assert {t.id: t.value for t in local.trials if t.value is not None} == values
+
+
+def test_token_required(service):
+    url, _ = service
+    assert _raw(url, "GET", "/health", token=None).status_code == 200
+    assert _raw(url, "GET", "/openapi.json", token=None).json()["info"]["title"] == "bbopt"
+    for token in (None, "wrong", ""):
+        r = _raw(url, "GET", "/studies", token=token)
+        assert r.status_code == 401, token
+        assert r.headers["WWW-Authenticate"] == "Bearer"
+        assert "API token" in r.json()["error"]["message"]
+    r = requests.get(url + "/studies", headers={"Authorization": f"Basic {TOKEN}"}, timeout=10)
+    assert r.status_code == 401
+    with pytest.raises(ServiceError) as e:
+        bbopt.Client(url, token="wrong").studies()
+    assert e.value.status == 401
+
+
+def test_bad_requests_answer_4xx_and_change_nothing(service):
+    url, _ = service
+    study = bbopt.Client(url, token=TOKEN).study("s", space=SPACE, method="random")
+    told = study.ask()
+    study.tell(told, 1.0)
+    pending = study.ask()
+    before = [t.to_dict() for t in study.trials]
+    tell = f"/studies/s/trials/{pending.id}/tell"
+    cases = [
+        ("POST", "/studies/s/ask", '{"n": ', 400, "malformed JSON"),
+        ("POST", tell, "{value: 1}", 400, "malformed JSON"),
+        ("POST", tell, '{"value": NaN}', 400, "finite"),
+        ("POST", tell, '{"value": Infinity}', 400, "finite"),
+        ("POST", tell, '{"value": "abc"}', 400, "value"),
+        ("POST", tell, "{}", 400, "needs a value"),
+        ("POST", tell, '{"value": 1.0, "failed": true}', 400, "failed trial has no value"),
+        ("POST", tell, '{"value": 1.0, "grad": [1.0]}', 400, "gradient"),
+        ("POST", tell, '{"value": 1.0, "bogus": 1}', 400, "bogus"),
+        ("POST", f"/studies/s/trials/{told.id}/tell", '{"value": 2.0}', 400, "told once"),
+        ("POST", "/studies/s/trials/999/tell", '{"value": 1.0}', 404, "unknown trial id 999"),
+        ("POST", "/studies/s/trials/abc/tell", '{"value": 1.0}', 400, "trial_id"),
+        ("POST", "/studies/ghost/ask", '{"n": 1}', 404, "no study named 'ghost'"),
+        ("POST", "/studies/s/ask", '{"n": 0}', 400, "n:"),
+        ("GET", "/studies/ghost", None, 404, "no study named"),
+        ("GET", "/studies/ghost/best", None, 404, "no study named"),
+        ("GET", "/nowhere", None, 404, "Not Found"),
+        ("POST", "/studies", json.dumps({"name": "s", "space": {"y": {"type": "float",
+                                         "low": 0, "high": 1}}}), 400, "different space"),
+        ("POST", "/studies", json.dumps({"name": "s", "method": "gp-ei"}), 400,
+         "exists with method 'random'"),
+        ("POST", "/studies", json.dumps({"name": "s", "direction": "maximize"}), 400,
+         "direction"),
+        ("POST", "/studies", json.dumps({"name": "new", "space": {"y": {"type": "float",
+                                         "low": 1, "high": 0}}}), 400, "low"),
+        ("POST", "/studies", json.dumps({"name": "new2", "space": {"y": {
+            "type": "float", "low": 0, "high": 1}}, "method": "nope"}), 400, "nope"),
+        ("POST", "/studies", json.dumps({"name": "new3"}), 404, "give a space"),
+    ]
+    for method, path, data, status, message in cases:
+        r = _raw(url, method, path, data)
+        assert r.status_code == status, (path, data, r.status_code, r.text)
+        err = r.json()["error"]
+        assert message in err["message"], (path, data, err)
+        assert err["type"]
+    assert [t.to_dict() for t in study.trials] == before
+    assert bbopt.Client(url, token=TOKEN).studies() == ["s"]
+    # The client raises the exceptions bbopt.Study raises, before or after the wire.
+    for call, exc in [(lambda: study.tell(pending, float("nan")), TrialError),
+                      (lambda: study.tell(999, 1.0), UnknownTrialError),
+                      (lambda: study.tell(told, 3.0), TrialError),
+                      (lambda: study.tell(pending, 1.0, grad=[1.0]), SpaceError),
+                      (lambda: bbopt.Client(url, token=TOKEN).study("ghost"),
+                       UnknownStudyError),
+                      (lambda: bbopt.Client(url, token=TOKEN).study("s", method="gp-ei"),
+                       StudyError)]:
+        with pytest.raises(exc):
+            call()
+    assert [t.to_dict() for t in study.trials] == before
+
+
+def test_unreachable_service_is_a_clear_error():
+    client = bbopt.Client(f"http://127.0.0.1:{_free_port()}", token=TOKEN, retry_for=0.5)
+    with pytest.raises(ServiceError, match="cannot reach"):
+        client.studies()
+
+
+def _load(url: str, names: list[str], n_clients: int, pairs: int, told: dict,
+          errors: list, stop: threading.Event | None = None) -> list[threading.Thread]:
+    """``n_clients`` threads, each with its own Client, asking and telling on ``names``;
+    every tell the service confirmed goes into ``told[(name, id)]``."""
+
+    def work(i: int) -> None:
+        client = bbopt.Client(url, token=TOKEN, retry_for=60)
+        study = client.study(names[i % len(names)])
+        try:
+            for _ in range(pairs):
+                if stop is not None and stop.is_set():
+                    return
+                trial = study.ask()
+                value = _value(trial.params)
+                study.tell(trial, value)
+                told[(study.name, trial.id)] = value
+        except Exception as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(n_clients)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def test_concurrent_clients_get_distinct_trials(service):
+    url, storage = service
+    client = bbopt.Client(url, token=TOKEN)
+    names = ["a", "d"]
+    for name in names:
+        client.study(name, space=SPACE, method="learned", seed=1)
+    assert host_index("a", 2) != host_index("d", 2)  # both hosts work
+    told: dict = {}
+    errors: list = []
+    for t in _load(url, names, n_clients=8, pairs=6, told=told, errors=errors):
+        t.join(120)
+    assert not errors
+    for name in names:
+        trials = bbopt.Study.load(name, storage).trials
+        assert [t.id for t in trials] == list(range(24))  # none handed out twice
+        assert all(t.state is bbopt.TrialState.COMPLETE for t in trials)
+        assert {t.id: t.value for t in trials} == {i: v for (n, i), v in told.items()
+                                                  if n == name}
+
+
+# -- end to end on Ray -------------------------------------------------------------------
+
+
+def _start_service(port: int, storage: str, log: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a fresh local Ray
+    env["BBOPT_TOKEN"] = TOKEN
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bbopt.cli", "serve", "--port", str(port), "--storage",
+         storage, "--hosts", "2"], stdout=log.open("a"), stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
+                return proc
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise AssertionError("service did not start:\n" + log.read_text()[-3000:])
+
+
+@pytest.mark.slow
+def test_service_on_ray_survives_kill_9(tmp_path: Path):
+    storage = f"sqlite:///{tmp_path / 'svc.db'}"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    proc = _start_service(port, storage, log)
+    try:
+        client = bbopt.Client(url, token=TOKEN)
+        names = ["e2e-a", "e2e-d"]
+        for name in names:
+            client.study(name, space=SPACE, method="learned", seed=0)
+        assert client.study("e2e-a").ask(2)[0].id == 0  # two pending, never told
+        told: dict = {}
+        errors: list = []
+        stop = threading.Event()
+        threads = _load(url, names, n_clients=8, pairs=1000, told=told, errors=errors,
+                        stop=stop)
+        deadline = time.monotonic() + 60
+        while len(told) < 40 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(told) >= 40, (errors, log.read_text()[-2000:])
+        os.kill(proc.pid, signal.SIGKILL)  # in the middle of the load
+        proc.wait(10)
+        confirmed = dict(told)  # every tell answered before the kill
+        time.sleep(1.0)
+        proc = _start_service(port, storage, log)
+        time.sleep(3.0)  # the clients retry through the restart and go on
+        stop.set()
+        for t in threads:
+            t.join(120)
+        # A client whose request was cut by the kill may see an error; nothing else.
+        assert all(isinstance(e, bbopt.BBOptError) for e in errors), errors
+        after = dict(told)
+        assert len(after) > len(confirmed)  # the load continued after the restart
+        for name in names:
+            trials = {t.id: t for t in bbopt.Study.load(name, storage).trials}
+            assert sorted(trials) == list(range(len(trials)))  # no id twice, none lost
+            for (n, i), v in after.items():
+                if n == name:
+                    assert trials[i].value == v
+            # Every study continues.
+            study = client.study(name)
+            trial = study.ask()
+            assert trial.id == len(trials)
+            study.tell(trial, _value(trial.params))
+        assert all(confirmed[k] == after[k] for k in confirmed)
+        assert client.study("e2e-a").best_trial.value == min(
+            v for (n, _), v in after.items() if n == "e2e-a")
+        stats = requests.get(url + "/stats", headers={"Authorization": f"Bearer {TOKEN}"},
+                             timeout=30).json()
+        assert len(stats["hosts"]) == 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
