@@ -127,19 +127,28 @@ def tune(objective: str, space_file: str | None, budget: int, method: str | None
         fn = ShellObjective(objective, study.space.names)
 
     trials = study.trials
-    stale = [t.id for t in trials if t.state is TrialState.PENDING]
+    stale = {t.id for t in trials if t.state is TrialState.PENDING}
     if stale:
         click.echo(f"note: {len(stale)} pending trial(s) from earlier runs stay open "
-                   f"(ids {stale[:10]}); close one with `bbopt tell {name} ID --failed`.",
+                   f"(ids {sorted(stale)[:10]}); close one with `bbopt tell {name} ID --failed`.",
                    err=True)
     lock = threading.Lock()
     state = {"finished": _finished(trials), "inflight": {}, "failures": 0, "error": None}
     stop = threading.Event()
     best: list[float | None] = [_best_value(study)]
 
+    def used() -> int:
+        """Trials toward the budget: finished, running here, and (for a study shared
+        through the service) running in other processes too."""
+        if not service:
+            return state["finished"] + len(state["inflight"])
+        now = study.trials
+        running = sum(t.state is TrialState.PENDING and t.id not in stale for t in now)
+        return _finished(now) + running + sum(v is None for v in state["inflight"].values())
+
     def claim() -> bool:
         with lock:
-            if stop.is_set() or state["finished"] + len(state["inflight"]) >= budget:
+            if stop.is_set() or used() >= budget:
                 return False
             state["inflight"][threading.get_ident()] = None
             return True

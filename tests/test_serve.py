@@ -316,3 +316,31 @@ def test_service_on_ray_survives_kill_9(tmp_path: Path):
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_tune_processes_share_a_study_through_the_service(service, tmp_path: Path):
+    url, storage = service
+    objective = tmp_path / "objective.py"
+    objective.write_text("def f(p):\n    return (p['x'] - 0.3) ** 2 + (p['y'] + 0.1) ** 2\n")
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"x": {"type": "float", "low": -1, "high": 1},
+                                 "y": {"type": "float", "low": -1, "high": 1}}))
+    env = {**os.environ, "BBOPT_TOKEN": TOKEN}
+    cmd = [sys.executable, "-m", "bbopt.cli", "tune", f"{objective}:f", "--space", str(space),
+           "--budget", "10", "--study", "shared", "--workers", "2", "--service", url,
+           "--quiet"]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+        assert "best trial" in out, (out, err)
+    trials = bbopt.Study.load("shared", storage).trials
+    done = [t for t in trials if t.state is bbopt.TrialState.COMPLETE]
+    # Each process stops when the shared study reaches the budget; two processes can
+    # both start a last trial at the same moment, so at most one worker's worth over.
+    assert 10 <= len(done) <= 13 and len(done) == len(trials)
+    # Without a token the command fails with the service's message.
+    env.pop("BBOPT_TOKEN")
+    bad = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "401" in bad.stderr
