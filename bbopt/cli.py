@@ -425,6 +425,36 @@ def bench(suite: str, task_list: str | None, methods: str, budget: int, seeds: i
     click.echo(f"mean normalized score: {json.dumps(summary['mean_score'])}")
 
 
+@main.command("bench-serve")
+@click.option("--clients", default="1,8,32", show_default=True,
+              help="Comma-separated numbers of concurrent clients.")
+@click.option("--seconds", type=float, default=20.0, show_default=True,
+              help="Load time per client count.")
+@click.option("--method", default="learned", show_default=True)
+@click.option("--studies", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Studies opened for the memory figure.")
+@click.option("--trials", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Trials told in each of those studies.")
+@click.option("--hosts", "n_hosts", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--url", default=None, help="Measure a running service instead of starting one.")
+@click.option("--token", envvar="BBOPT_TOKEN", default=None)
+@click.option("--markdown", type=click.Path(dir_okay=False), default=None,
+              help="Append the table to this file (BENCHMARKS.md).")
+def bench_serve(clients: str, seconds: float, method: str, studies: int, trials: int,
+                n_hosts: int, url: str | None, token: str | None,
+                markdown: str | None) -> None:
+    """Service throughput (ask+tell pairs/s), p50/p99 latency and memory per study."""
+    from bbopt.serve.bench import run, to_markdown
+
+    result = run(list(_ints(clients)), seconds, method, studies, trials, n_hosts, url, token)
+    if markdown:
+        text = to_markdown(result, " ".join(["bbopt", *sys.argv[1:]]), method, seconds,
+                           n_hosts)
+        with open(markdown, "a") as f:
+            f.write("\n" + text)
+        click.echo(f"appended to {markdown}")
+
+
 @main.command("bench-gradient")
 @click.option("--families", default=None,
               help="Comma-separated optimizee families (default: all of them).")
