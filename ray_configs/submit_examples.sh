@@ -23,7 +23,7 @@ case "${1:-}" in
         --budget 100 --seeds 10 --jobs 4 --out /shared/bbopt/bench_out ;;
   tune)   # tune the MLP task under Ray Tune with the learned searcher, 4 trials at once
     ray job submit "${RUNTIME[@]}" -- \
-      python ray_configs/tune_mlp.py --samples 40 --concurrency 4 ;;
+      python ray_configs/tune_mlp.py --num-samples 40 --concurrency 4 ;;
   *)
     echo "usage: $0 train|train-l2l|bench|tune" >&2; exit 2 ;;
 esac

@@ -86,7 +86,7 @@ def test_client_mirrors_study(service):
     assert (study.name, study.method, study.direction, study.seed) == (
         "demo", "random", "minimize", 3)
     with pytest.raises(NoCompletedTrialError):
-        study.best_trial
+        _ = study.best_trial
     values = {}
     for _ in range(6):
         trial = study.ask()

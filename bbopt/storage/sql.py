@@ -350,3 +350,49 @@ class SQLStorage:
                 .values(state=state.value, value=value, info=json.dumps(merged), finished_at=_now())
             )
             return self._trial(conn.execute(sa.select(trials_table).where(where)).one())
+
+    def import_trials(self, study_id: int, trials: Sequence[Trial]) -> list[Trial]:
+        """Store ``trials`` exactly as given (ids, states, values, info, timestamps) in a
+        study that has no trials yet, in one transaction: how a study saved elsewhere (a
+        Ray Tune searcher's checkpoint) comes back with its pending trials under their ids.
+
+        The ids must number the trials 0, 1, 2, ... in order, as the store itself does; a
+        complete trial needs a finite value and any other trial none. Raises StudyError,
+        storing nothing, if the study already has trials; TrialError for a bad trial.
+        """
+        rows = []
+        for i, t in enumerate(trials):
+            if t.id != i:
+                raise TrialError(f"trials to import must have ids 0..{len(trials) - 1} in "
+                                 f"order; trial {i} has id {t.id!r}")
+            state = TrialState(t.state)
+            if state is TrialState.COMPLETE:
+                if not (isinstance(t.value, int | float) and math.isfinite(t.value)):
+                    raise TrialError(f"complete trial {t.id} needs a finite value, "
+                                     f"got {t.value!r}")
+            elif t.value is not None:
+                raise TrialError(f"{state.value} trial {t.id} cannot have a value")
+            rows.append({
+                "study_id": study_id,
+                "number": t.id,
+                "state": state.value,
+                "params": json.dumps(t.params),
+                "value": None if t.value is None else float(t.value),
+                "info": json.dumps(t.info),
+                "created_at": t.created_at or _now(),
+                "finished_at": t.finished_at,
+            })
+        with self._transaction(study_id) as conn:
+            if conn.execute(
+                sa.select(studies_table.c.id).where(studies_table.c.id == study_id)
+            ).first() is None:
+                raise UnknownStudyError(f"no study with id {study_id} in {self._safe_url()}")
+            count = conn.execute(
+                sa.select(sa.func.count()).where(trials_table.c.study_id == study_id)
+            ).scalar_one()
+            if count:
+                raise StudyError(f"study {study_id} already has {count} trials; trials are "
+                                 "imported into an empty study only")
+            if rows:
+                conn.execute(trials_table.insert(), rows)
+            return self._trials(conn, study_id)
