@@ -271,6 +271,18 @@ def test_service_on_ray_survives_kill_9(tmp_path: Path):
         for name in names:
             client.study(name, space=SPACE, method="learned", seed=0)
         assert client.study("e2e-a").ask(2)[0].id == 0  # two pending, never told
+        # A study-host actor killed with SIGKILL: Ray restarts it, it reopens the study
+        # from the store, and the client's next calls go through (retried on 503).
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        hosts = requests.get(url + "/stats", headers=auth, timeout=30).json()["hosts"]
+        os.kill(hosts[host_index("e2e-a", 2)]["pid"], signal.SIGKILL)
+        study = client.study("e2e-a")
+        trial = study.ask()
+        assert trial.id == 2
+        study.tell(trial, _value(trial.params))
+        study.tell(0, _value(study.trials[0].params))
+        new = requests.get(url + "/stats", headers=auth, timeout=30).json()["hosts"]
+        assert new[host_index("e2e-a", 2)]["pid"] != hosts[host_index("e2e-a", 2)]["pid"]
         told: dict = {}
         errors: list = []
         stop = threading.Event()
