@@ -26,6 +26,7 @@ order), it replays the history from the start.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,23 @@ from bbopt.optimizers.base import History, Optimizer, register
 from bbopt.optimizers.random import sobol_points
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+_POLICIES: dict[tuple[str, int, str], tuple[Any, dict[str, Any]]] = {}
+_POLICIES_LOCK = threading.Lock()
+
+
+def _shared_policy(path: Path, device: torch.device) -> tuple[Any, dict[str, Any]]:
+    """One loaded policy per weights file and device in a process: the policy is a
+    stateless module (each study keeps its own recurrent state), so the service's study
+    hosts, holding hundreds of studies, keep one copy of the weights."""
+    from bbopt.meta.trainer import load_policy
+
+    key = (str(path.resolve()), path.stat().st_mtime_ns, str(device))
+    with _POLICIES_LOCK:
+        if key not in _POLICIES:
+            _POLICIES[key] = load_policy(path, device)
+        return _POLICIES[key]
 
 
 class _PolicyOptimizer(Optimizer):
@@ -49,14 +67,12 @@ class _PolicyOptimizer(Optimizer):
         # BBOPT_DEVICE lets a host (the service's GPU actors) place every study's policy
         # without writing a device into the studies' stored options.
         device = device or os.environ.get("BBOPT_DEVICE", "cpu")
-        from bbopt.meta.trainer import load_policy
-
         path = Path(weights) if weights else WEIGHTS_DIR / self.weights_name
         if not path.exists():
             raise FileNotFoundError(f"policy weights not found: {path}")
         self.weights_path = path
         self.device = torch.device(device)
-        self.policy, self.meta = load_policy(path, self.device)
+        self.policy, self.meta = _shared_policy(path, self.device)
         self.horizon = int(self.meta.get("horizon", 100))
         self._X = np.zeros((0, dim))
         self._y = np.zeros(0)
