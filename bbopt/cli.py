@@ -505,6 +505,60 @@ def bench_lr_memory(seeds: int, max_samples: int, markdown: str | None) -> None:
             f.write("\n" + text)
 
 
+@main.command("bench-train")
+@click.option("--trainer", type=click.Choice(["bbo", "l2l"]), default="bbo", show_default=True)
+@click.option("--workers", "worker_counts", default="1,2", show_default=True,
+              help="Comma-separated Ray Train worker counts to time, in one run.")
+@click.option("--iterations", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Meta-gradient steps timed per run.")
+@click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Total batch (functions / problems per step), shared by the workers.")
+@click.option("--horizon", type=click.IntRange(min=1), default=50, show_default=True,
+              help="bbo: queries per trajectory; l2l: optimizer steps per episode.")
+@click.option("--dims", default="4", show_default=True, help="bbo: function dimensions.")
+@click.option("--families", default="quadratic", show_default=True,
+              help="l2l: comma-separated optimizee families.")
+@click.option("--unroll", type=click.IntRange(min=1), default=20, show_default=True,
+              help="l2l: optimizer steps per meta-gradient step.")
+@click.option("--in-process-threads", default="1,2", show_default=True,
+              help="Also time the ordinary in-process trainer with these torch thread "
+                   "counts (comma-separated; empty: not at all).")
+@click.option("--gpus", is_flag=True, help="One GPU per Ray Train worker.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--markdown", type=click.Path(dir_okay=False), default=None,
+              help="Append the table (with this command) to this file (e.g. BENCHMARKS.md).")
+def bench_train(trainer: str, worker_counts: str, iterations: int, batch: int, horizon: int,
+                dims: str, families: str, unroll: int, in_process_threads: str,
+                gpus: bool, seed: int, markdown: str | None) -> None:
+    """Meta-training throughput (functions or problems per second) in this process and on
+    Ray Train with each worker count, at the same total batch."""
+    from bbopt.meta.distributed import throughput, throughput_markdown
+
+    counts = _ints(worker_counts)
+    settings: dict[str, Any] = {"iterations": iterations, "batch": batch, "horizon": horizon,
+                                "seed": seed}
+    if trainer == "bbo":
+        settings["dims"] = _ints(dims)
+    else:
+        settings.update(families=tuple(f.strip() for f in families.split(",") if f.strip()),
+                        unroll=unroll)
+    try:
+        for n in counts:
+            if n < 1 or batch % n:
+                raise ValueError(f"the batch ({batch}) must divide by every worker count; "
+                                 f"{n} does not")
+        rows = throughput(trainer, list(counts), in_process_threads=_ints(in_process_threads),
+                          gpus=gpus, log=click.echo, **settings)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    command = "bbopt bench-train " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    text = throughput_markdown(trainer, rows, command, settings)
+    click.echo(text)
+    if markdown:
+        with open(markdown, "a") as f:
+            f.write(text)
+
+
 # -- meta-training -----------------------------------------------------------------------------
 def _ints(text: str) -> tuple[int, ...]:
     try:
@@ -516,6 +570,45 @@ def _ints(text: str) -> tuple[int, ...]:
 @main.group()
 def train() -> None:
     """Meta-train learned optimizers."""
+
+
+workers_option = click.option(
+    "--workers", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Data-parallel Ray Train workers sharing --batch (it must divide by them); 1 "
+         "trains in this process. Joins the cluster in RAY_ADDRESS (ray job submit), else "
+         "starts Ray here; OUT must then be a path every worker shares.")
+gpus_option = click.option(
+    "--gpus", is_flag=True,
+    help="One GPU per Ray Train worker (NCCL); runs on Ray even with --workers 1.")
+
+
+def _train_device(device: str | None, workers: int, gpus: bool) -> str:
+    """The config's device: --device, else cuda if present; Ray workers pick their own."""
+    import torch
+
+    if workers > 1 or gpus:
+        if device:
+            raise click.UsageError("--device is for training in this process; Ray workers "
+                                   "train on their GPU with --gpus, else on the CPU")
+        return "cpu"
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _meta_train(trainer_cls: Any, config: Any, run_dir: str, workers: int, gpus: bool,
+                threads: int | None) -> dict[str, Any]:
+    """Run a MetaTrainer here, or on Ray Train workers (bbopt.meta.distributed)."""
+    command = "bbopt " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        if workers == 1 and not gpus:
+            trainer = trainer_cls(config, run_dir, command=command)
+        else:
+            from bbopt.meta.distributed import train_distributed
+
+            return train_distributed(trainer_cls, config, run_dir, workers, gpus=gpus,
+                                     command=command, threads=threads)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    return trainer.run()
 
 
 @train.command("bbo")
@@ -545,11 +638,15 @@ def train() -> None:
 @click.option("--val-every", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default=None, help="torch device (default: cuda if present, else cpu).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch CPU threads (per worker with --workers).")
+@workers_option
+@gpus_option
 def train_bbo(run_dir: str, core: str, loss: str, iterations: int, horizon: int, batch: int,
               dims: str, parallel: str, hidden: int, layers: int, lr: float,
               step_weighting: str, rate_weight: float, regret_floor: float, init: str | None,
-              val_every: int, seed: int, device: str | None, threads: int | None) -> None:
+              val_every: int, seed: int, device: str | None, threads: int | None,
+              workers: int, gpus: bool) -> None:
     """Meta-train the black-box policy on GP-prior functions; resumes from OUT/last.pt."""
     import torch
 
@@ -557,7 +654,7 @@ def train_bbo(run_dir: str, core: str, loss: str, iterations: int, horizon: int,
 
     if threads:
         torch.set_num_threads(threads)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _train_device(device, workers, gpus)
     try:
         config = BBOTrainConfig(core=core, loss=loss, iterations=iterations, horizon=horizon,
                                 batch=batch, dims=_ints(dims), parallel=_ints(parallel),
@@ -565,12 +662,9 @@ def train_bbo(run_dir: str, core: str, loss: str, iterations: int, horizon: int,
                                 step_weighting=step_weighting, rate_weight=rate_weight,
                                 regret_floor=regret_floor, init=init, val_every=val_every,
                                 seed=seed, device=device)
-        trainer = BBOTrainer(config, run_dir,
-                             command="bbopt " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     except ValueError as e:
         raise click.ClickException(str(e)) from None
-    result = trainer.run()
-    click.echo(json.dumps(result))
+    click.echo(json.dumps(_meta_train(BBOTrainer, config, run_dir, workers, gpus, threads)))
 
 
 @train.command("l2l")
@@ -598,9 +692,12 @@ def train_bbo(run_dir: str, core: str, loss: str, iterations: int, horizon: int,
 @click.option("--val-every", type=click.IntRange(min=1), default=None, help="[50]")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="[0]")
 @click.option("--device", default=None, help="torch device (default: cuda if present, else cpu).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch CPU threads (per worker with --workers).")
+@workers_option
+@gpus_option
 def train_l2l(run_dir: str, families: str | None, device: str | None, threads: int | None,
-              **options: Any) -> None:
+              workers: int, gpus: bool, **options: Any) -> None:
     """Meta-train the coordinatewise LSTM optimizer (truncated BPTT on quadratics and
     digits MLPs); resumes from OUT/last.pt. Defaults in brackets."""
     import torch
@@ -612,14 +709,12 @@ def train_l2l(run_dir: str, families: str | None, device: str | None, threads: i
     settings = {k: v for k, v in options.items() if v is not None}
     if families is not None:
         settings["families"] = tuple(f.strip() for f in families.split(",") if f.strip())
-    settings["device"] = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    settings["device"] = _train_device(device, workers, gpus)
     try:
         config = L2LTrainConfig(**settings)
-        trainer = L2LTrainer(config, run_dir,
-                             command="bbopt " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     except ValueError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(json.dumps(trainer.run()))
+    click.echo(json.dumps(_meta_train(L2LTrainer, config, run_dir, workers, gpus, threads)))
 
 
 @train.command("eval")

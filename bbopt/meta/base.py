@@ -7,15 +7,25 @@ validation score so far, in its shipped-weights format, because longer training 
 make held-out results worse) and ``log.jsonl``. A run directory that holds ``last.pt``
 resumes from it. A subclass says how to build its model, take one meta-gradient step,
 validate, and write shipped weights.
+
+The same loop runs data-parallel (``bbopt.meta.distributed``): a trainer built inside
+``using_world(world)`` takes its share of the batch on its rank, averages the
+meta-gradient over the ranks after backward (``World.reduce_step``), and only rank 0
+validates and writes files. The default ``World`` is one process, where every hook is
+the identity, so the single-process path is unchanged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar
@@ -37,6 +47,56 @@ def git_commit() -> str:
         return "unknown"
 
 
+def rank_seed(seed: int, rank: int, iteration: int = 0) -> int:
+    """The sampling seed of ``rank`` in a data-parallel run: rank 0 keeps ``seed`` (so one
+    worker draws what the single process draws), the others get a hash of (seed, rank,
+    iteration), so workers draw different functions and a rank that joins a resumed run
+    without a saved generator state does not replay the start of the run."""
+    if rank == 0 and iteration == 0:
+        return seed
+    digest = hashlib.sha256(f"bbopt-rank-seed/{seed}/{rank}/{iteration}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class World:
+    """The processes that train one model together; this base class is a single process.
+
+    ``bbopt.meta.distributed.TorchWorld`` overrides both methods with
+    ``torch.distributed`` collectives. ``shared`` holds config fields as the whole run
+    sees them (the total batch, where a rank's config holds its share): they are what
+    checkpoints and weights metadata record.
+    """
+
+    rank: int = 0
+    size: int = 1
+
+    def __init__(self, shared: dict[str, Any] | None = None) -> None:
+        self.shared: dict[str, Any] = dict(shared or {})
+
+    def reduce_step(self, model: nn.Module, loss: torch.Tensor,
+                    finite: bool) -> tuple[float, bool]:
+        """After backward: make every rank's gradients the mean over ranks, and agree on
+        the loss (mean over ranks) and on whether all of them are finite."""
+        return float(loss), finite
+
+    def gather(self, obj: Any) -> list[Any]:
+        """``obj`` of every rank, in rank order (a collective: every rank calls it)."""
+        return [obj]
+
+
+_WORLD: ContextVar[World | None] = ContextVar("bbopt_meta_world", default=None)
+
+
+@contextmanager
+def using_world(world: World) -> Iterator[World]:
+    """Trainers built inside this block train as one rank of ``world``."""
+    token = _WORLD.set(world)
+    try:
+        yield world
+    finally:
+        _WORLD.reset(token)
+
+
 class MetaTrainer:
     """Trains ``self.model`` with Adam until ``config.iterations``; see the module doc.
 
@@ -56,11 +116,12 @@ class MetaTrainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.command = command or " ".join(["bbopt", *sys.argv[1:]])
         self.log = log or (lambda msg: print(msg, flush=True))
+        self.world = _WORLD.get() or World()
         self.device = torch.device(config.device)
         torch.manual_seed(config.seed)
         self.model: nn.Module = self.make_model().to(self.device)
         self.optim = torch.optim.Adam(self.model.parameters(), lr=config.lr)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.generator = torch.Generator().manual_seed(rank_seed(config.seed, self.world.rank))
         self.iteration = 0
         self.best_val = math.inf
         self.history: list[dict[str, Any]] = []
@@ -106,18 +167,32 @@ class MetaTrainer:
                                  f"{saved.get(key)!r} and this run asks for {mine.get(key)!r}")
         self.model.load_state_dict(blob["policy"])
         self.optim.load_state_dict(blob["optim"])
-        self.generator.set_state(blob["generator"])
+        rank, states = self.world.rank, blob.get("generators") or [blob["generator"]]
+        if rank < len(states):
+            self.generator.set_state(states[rank])
+        else:  # more ranks than the run that wrote the checkpoint: a fresh stream
+            self.generator.manual_seed(rank_seed(self.config.seed, rank, blob["iteration"]))
         self.iteration = blob["iteration"]
         self.best_val = blob["best_val"]
         self.history = blob["history"]
         self.log(f"resumed {path} at iteration {self.iteration} (best val {self.best_val:.3f})")
 
+    def saved_config(self) -> dict[str, Any]:
+        """The config as checkpoints record it: the whole run's (total batch), not a rank's."""
+        return {**asdict(self.config), **self.world.shared}
+
     def _checkpoint(self) -> None:
+        states = self.world.gather(self.generator.get_state())  # every rank takes part
+        if self.world.rank != 0:
+            return
+        blob = {"config": self.saved_config(), "policy": self.model.state_dict(),
+                "optim": self.optim.state_dict(), "generator": states[0],
+                "iteration": self.iteration, "best_val": self.best_val,
+                "history": self.history}
+        if self.world.size > 1:  # every rank's sampling stream, to resume each one
+            blob.update(generators=states, world_size=self.world.size)
         tmp = self.run_dir / "last.tmp"
-        torch.save({"config": asdict(self.config), "policy": self.model.state_dict(),
-                    "optim": self.optim.state_dict(), "generator": self.generator.get_state(),
-                    "iteration": self.iteration, "best_val": self.best_val,
-                    "history": self.history}, tmp)
+        torch.save(blob, tmp)
         tmp.replace(self.run_dir / "last.pt")
 
     # -- training -------------------------------------------------------------------------
@@ -126,22 +201,33 @@ class MetaTrainer:
         """One meta-gradient step on a fresh batch; returns the loss. A non-finite loss
         (a diverged trajectory) teaches nothing: it is logged and skipped."""
         loss = self.loss()
-        if not torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        self.optim.zero_grad(set_to_none=True)
+        if finite:
+            loss.backward()
+        # Data-parallel: the mean gradient over ranks; all ranks skip if any diverged.
+        value, finite = self.world.reduce_step(self.model, loss.detach(), finite)
+        if not finite:
             self.log(f"it {self.iteration}: non-finite meta-loss, batch skipped")
             return float("nan")
-        self.optim.zero_grad(set_to_none=True)
-        loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
         self.optim.step()
-        return float(loss.detach())
+        return value
 
     def validate(self) -> dict[str, float]:
+        """Validation figures, and best.pt when they are the best so far; rank 0 only
+        (the other ranks of a data-parallel run get NaN and go on to the next step)."""
+        if self.world.rank != 0:
+            return {"mean": math.nan}
         val = self.evaluate_validation()
         if val["mean"] < self.best_val:
             self.best_val = val["mean"]
             meta = {"command": self.command, "commit": git_commit(),
                     "iteration": self.iteration, **self.meta(), "validation": val,
                     "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+            meta.update({k: v for k, v in self.world.shared.items() if k in meta})
+            if self.world.size > 1:
+                meta["workers"] = self.world.size
             self.save_best(self.run_dir / "best.pt", meta)
             val = {**val, "best": 1.0}
         return val
@@ -170,6 +256,8 @@ class MetaTrainer:
     def _record(self, entry: dict[str, Any]) -> None:
         entry["time"] = time.strftime("%H:%M:%S")
         self.history.append(entry)
+        if self.world.rank != 0:
+            return
         with open(self.run_dir / "log.jsonl", "a") as f:
             f.write(json.dumps(entry) + "\n")
         val = entry["val"]
