@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from bbopt.errors import BBOptError
+from bbopt.errors import BBOptError, TrialError
 from bbopt.study import Study
 from bbopt.trial import Trial, TrialState
 
@@ -59,7 +59,8 @@ def _finished(trials: list[Trial]) -> int:
     """Trials that count toward a budget: complete or failed, not interrupted."""
     return sum(
         t.state is TrialState.COMPLETE
-        or (t.state is TrialState.FAILED and t.info.get("reason") != INTERRUPTED)
+        or (t.state is TrialState.FAILED and t.info.get("reason") != INTERRUPTED
+            and not t.info.get("stale"))  # never evaluated: a dead worker's trial
         for t in trials
     )
 
@@ -99,15 +100,22 @@ def _fmt(v: Any) -> str:
                    "several tune processes can share one study this way.")
 @click.option("--token", envvar="BBOPT_TOKEN", default=None,
               help="API token of the service (env BBOPT_TOKEN).")
+@click.option("--heartbeat", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              metavar="SECONDS",
+              help="Send a heartbeat for the running trials this often; a trial of the "
+                   "study with none for 4 times as long (its worker was killed) is marked "
+                   "failed as stale and no longer counts toward the budget. 0: off.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def tune(objective: str, space_file: str | None, budget: int, method: str | None,
          direction: str | None, storage: str, name: str | None, workers: int,
-         seed: int | None, service: str | None, token: str | None, quiet: bool) -> None:
+         seed: int | None, service: str | None, token: str | None, heartbeat: float,
+         quiet: bool) -> None:
     """Optimize OBJECTIVE: path/to/file.py:function, module:function, or a shell
     command with {name} placeholders whose last printed number is the value.
 
     Ctrl-C stops cleanly (running trials are marked failed as interrupted, and do not
-    count toward the budget); running the same command again resumes.
+    count toward the budget); running the same command again resumes. Trials of a
+    killed process go stale (see --heartbeat) and are evaluated again by the others.
     """
     from bbopt.objective import ObjectiveError, ShellObjective, evaluate, load_function
     from bbopt.space import Space
@@ -126,8 +134,14 @@ def tune(objective: str, space_file: str | None, budget: int, method: str | None
     if fn is None:
         fn = ShellObjective(objective, study.space.names)
 
+    grace = 4 * heartbeat
+    if heartbeat:  # trials of dead workers from earlier runs
+        _report_stale(study.fail_stale_trials(grace))
     trials = study.trials
-    stale = {t.id for t in trials if t.state is TrialState.PENDING}
+    # Pending trials nobody sends heartbeats for (asked by hand, or by a run without
+    # them): they may never finish, so they do not count as running.
+    stale = {t.id for t in trials if t.state is TrialState.PENDING
+             and not (heartbeat and t.info.get("heartbeat"))}
     if stale:
         click.echo(f"note: {len(stale)} pending trial(s) from earlier runs stay open "
                    f"(ids {sorted(stale)[:10]}); close one with `bbopt tell {name} ID --failed`.",
@@ -137,27 +151,41 @@ def tune(objective: str, space_file: str | None, budget: int, method: str | None
     stop = threading.Event()
     best: list[float | None] = [_best_value(study)]
 
-    def used() -> int:
-        """Trials toward the budget: finished, running here, and (for a study shared
-        through the service) running in other processes too."""
+    def used() -> tuple[int, int, bool]:
+        """Trials toward the budget (finished, running here, and for a study shared
+        through the service, running in other processes too), the finished ones, and
+        whether a trial of another process that sends heartbeats is running (it may die,
+        go stale and need asking again)."""
         if not service:
-            return state["finished"] + len(state["inflight"])
+            return state["finished"] + len(state["inflight"]), state["finished"], False
         now = study.trials
-        running = sum(t.state is TrialState.PENDING and t.id not in stale for t in now)
-        return _finished(now) + running + sum(v is None for v in state["inflight"].values())
+        mine = {t.id for t in state["inflight"].values() if t is not None}
+        running = [t for t in now if t.state is TrialState.PENDING and t.id not in stale]
+        done = _finished(now)
+        watched = any(t.info.get("heartbeat") and t.id not in mine for t in running)
+        return (done + len(running) + sum(v is None for v in state["inflight"].values()),
+                done, watched)
 
     def claim() -> bool:
-        with lock:
-            if stop.is_set() or used() >= budget:
-                return False
-            state["inflight"][threading.get_ident()] = None
-            return True
+        while True:
+            with lock:
+                if stop.is_set():
+                    return False
+                taken, done, watched = used()
+                if taken < budget:
+                    state["inflight"][threading.get_ident()] = None
+                    return True
+                # Shared study: wait while other processes' trials run; if one of them
+                # dies, its trial goes stale and is asked again here.
+                if done >= budget or not watched or not heartbeat:
+                    return False
+            stop.wait(min(1.0, heartbeat))
 
     def worker() -> None:
         me = threading.get_ident()
         while claim():
             try:
-                trial = study.ask()
+                trial = study.ask(heartbeat=heartbeat > 0)
                 with lock:
                     state["inflight"][me] = trial
                 try:
@@ -175,7 +203,17 @@ def tune(objective: str, space_file: str | None, budget: int, method: str | None
                 else:
                     if stop.is_set():
                         return
-                    study.tell(trial, value)
+                    try:
+                        study.tell(trial, value)
+                    except TrialError:
+                        if not _failed_as_stale(study, trial.id):
+                            raise
+                        click.echo(f"trial {trial.id} was failed as stale while it ran (no "
+                                   f"heartbeat for {grace:g} s); its value {value!r} is not "
+                                   "recorded", err=True)
+                        with lock:  # not finished here: it does not count
+                            state["inflight"][me] = None
+                        continue
                     with lock:
                         state["failures"] = 0
                         b = best[0]
@@ -192,7 +230,21 @@ def tune(objective: str, space_file: str | None, budget: int, method: str | None
             if stop.is_set():
                 return
 
+    def beat() -> None:
+        """Heartbeats for this process's running trials; fail other workers' stale ones."""
+        while not stop.wait(heartbeat):
+            with lock:
+                running = [t for t in state["inflight"].values() if t is not None]
+            try:
+                if running:
+                    study.heartbeat(*running)
+                _report_stale(study.fail_stale_trials(grace))
+            except BBOptError as e:  # a transient store or service error: try next time
+                click.echo(f"heartbeat failed: {e}", err=True)
+
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]
+    if heartbeat:
+        threading.Thread(target=beat, daemon=True).start()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -222,9 +274,22 @@ def tune(objective: str, space_file: str | None, budget: int, method: str | None
         click.echo(f"\ninterrupted: {done}/{budget} trials finished in study {name!r}; "
                    "run the same command again to resume.", err=True)
         sys.exit(130)
+    stop.set()  # ends the heartbeat thread
     if state["error"]:
         raise click.ClickException(state["error"])
     _print_best(study)
+
+
+def _report_stale(trials: list[Trial]) -> None:
+    if trials:
+        click.echo(f"failed {len(trials)} stale trial(s) whose worker stopped sending "
+                   f"heartbeats (ids {[t.id for t in trials][:10]}); they are asked again",
+                   err=True)
+
+
+def _failed_as_stale(study: Any, number: int) -> bool:
+    t = next((t for t in study.trials if t.id == number), None)
+    return t is not None and bool(t.info.get("stale"))
 
 
 def _best_value(study: Study) -> float | None:

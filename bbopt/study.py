@@ -38,6 +38,14 @@ def check_value(value: Any) -> float:
     return value
 
 
+def trial_id(trial: Any) -> int:
+    """The id of ``trial`` (a Trial or an integer id); TrialError otherwise."""
+    number = trial.id if isinstance(trial, Trial) else trial
+    if isinstance(number, bool) or not isinstance(number, int | np.integer):
+        raise TrialError(f"trial must be a Trial or an integer id, got {trial!r}")
+    return int(number)
+
+
 class Study:
     """Optimize an objective over ``space`` by asking for trials and telling their values.
 
@@ -163,12 +171,29 @@ class Study:
     @overload
     def ask(self, n: int) -> list[Trial]: ...
 
-    def ask(self, n: int | None = None) -> Trial | list[Trial]:
-        """Hand out one trial, or a list of ``n`` distinct pending trials."""
+    def ask(self, n: int | None = None, *, heartbeat: bool = False) -> Trial | list[Trial]:
+        """Hand out one trial, or a list of ``n`` distinct pending trials.
+
+        ``heartbeat=True``: the caller will call ``heartbeat(trial)`` while it evaluates,
+        so that ``fail_stale_trials`` can tell its trials from those of a dead worker.
+        """
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise StudyError(f"ask(n) needs a positive integer n, got {n!r}")
-        trials = self._storage.ask(self._record.id, lambda h: self._propose(h, n or 1))
+        trials = self._storage.ask(self._record.id, lambda h: self._propose(h, n or 1),
+                                   heartbeat=bool(heartbeat))
         return trials if n is not None else trials[0]
+
+    def heartbeat(self, *trials: Trial | int) -> list[int]:
+        """Say that the workers of these pending trials (asked with ``heartbeat=True``)
+        are alive. Returns the ids among them that are no longer pending (told by
+        someone else, or failed as stale): their evaluation can stop."""
+        return self._storage.heartbeat(self._record.id, [trial_id(t) for t in trials])
+
+    def fail_stale_trials(self, grace: float) -> list[Trial]:
+        """Fail the pending trials whose worker has sent no heartbeat for ``grace``
+        seconds: a killed worker's trials stop counting as running and are recorded as
+        failed (their reason says so). Returns them."""
+        return self._storage.fail_stale(self._record.id, grace)
 
     def history(self, trials: Sequence[Trial] | None = None) -> History:
         """The trials as the optimizer sees them: unit cube, values to minimize."""
@@ -242,9 +267,7 @@ class Study:
         trial, a missing, NaN or infinite value, or a value given with ``failed``;
         SpaceError for a gradient of the wrong shape or with non-finite entries.
         """
-        number = trial.id if isinstance(trial, Trial) else trial
-        if isinstance(number, bool) or not isinstance(number, int | np.integer):
-            raise TrialError(f"trial must be a Trial or an integer id, got {trial!r}")
+        number = trial_id(trial)
         if failed:
             if value is not None or grad is not None:
                 raise TrialError("a failed trial has no value or gradient: pass neither "

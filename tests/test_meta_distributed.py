@@ -38,8 +38,8 @@ from bbopt.meta.trainer import BBOTrainConfig, BBOTrainer, load_policy, save_pol
 @pytest.fixture(scope="module")
 def ray_local():
     """A small local Ray instance for this module (or the one this session already has)."""
-    ray = pytest.importorskip("ray")
-    pytest.importorskip("ray.train.torch")
+    import ray
+    import ray.train.torch  # noqa: F401  (a hard dependency: fail, never skip)
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("RAY_ADDRESS", raising=False)
         # Ray Train's controller polls its workers every 2 s; finish each fit sooner.

@@ -162,6 +162,12 @@ def test_bad_requests_answer_4xx_and_change_nothing(service):
         ("POST", "/studies", json.dumps({"name": "new2", "space": {"y": {
             "type": "float", "low": 0, "high": 1}}, "method": "nope"}), 400, "nope"),
         ("POST", "/studies", json.dumps({"name": "new3"}), 404, "give a space"),
+        ("POST", "/studies/s/heartbeat", '{"trials": [999]}', 404, "unknown trial id"),
+        ("POST", "/studies/s/heartbeat", '{"trials": []}', 400, "trials"),
+        ("POST", "/studies/s/heartbeat", '{"trials": ["x"]}', 400, "trials"),
+        ("POST", "/studies/ghost/heartbeat", '{"trials": [0]}', 404, "no study named"),
+        ("POST", "/studies/s/fail-stale", '{"grace": 0}', 400, "grace"),
+        ("POST", "/studies/s/fail-stale", "{}", 400, "grace"),
     ]
     for method, path, data, status, message in cases:
         r = _raw(url, method, path, data)
@@ -356,3 +362,44 @@ def test_tune_processes_share_a_study_through_the_service(service, tmp_path: Pat
     env.pop("BBOPT_TOKEN")
     bad = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "401" in bad.stderr
+
+
+def test_killed_tune_process_trials_go_stale_and_are_asked_again(service, tmp_path: Path):
+    """kill -9 of a `bbopt tune --service` process in the middle of its evaluations: its
+    trials stop getting heartbeats, another process fails them as stale, counts them
+    out of the budget and evaluates in their place; no told value is lost."""
+    url, storage = service
+    objective = tmp_path / "objective.py"
+    objective.write_text("import os, time\n"
+                         "def f(p):\n"
+                         "    time.sleep(float(os.environ.get('SLOW', '0')))\n"
+                         "    return (p['x'] - 0.3) ** 2\n")
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"x": {"type": "float", "low": -1, "high": 1}}))
+    cmd = [sys.executable, "-m", "bbopt.cli", "tune", f"{objective}:f", "--space", str(space),
+           "--budget", "6", "--study", "shared", "--workers", "2", "--service", url,
+           "--heartbeat", "2", "--quiet"]
+    env = {**os.environ, "BBOPT_TOKEN": TOKEN}
+    doomed = subprocess.Popen(cmd, env={**env, "SLOW": "600"}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    remote = bbopt.Client(url, token=TOKEN)
+    deadline = time.monotonic() + 120
+    while True:
+        assert time.monotonic() < deadline and doomed.poll() is None
+        if remote.studies() and len(remote.study("shared").trials) == 2:
+            break
+        time.sleep(0.1)
+    doomed.kill()  # SIGKILL: no chance to mark its two trials failed
+    doomed.wait(30)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "stale trial(s)" in out.stderr
+    trials = bbopt.Study.load("shared", storage).trials
+    stale = [t for t in trials if t.state is bbopt.TrialState.FAILED]
+    done = [t for t in trials if t.state is bbopt.TrialState.COMPLETE]
+    assert [t.id for t in stale] == [0, 1]
+    assert all(t.info["stale"] and "no heartbeat" in t.info["reason"] for t in stale)
+    assert len(done) == 6 and len(trials) == 8  # the budget, the stale two not counted
+    # Started within the grace period (8 s), the second process first counted the two
+    # trials as running elsewhere (4 of its own, then waiting), not as lost.
+    assert sum(t.finished_at < stale[0].finished_at for t in done) == 4

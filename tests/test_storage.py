@@ -2,10 +2,12 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
 from bbopt import Float, Int, Space, StorageError, Study, StudyError, TrialState
+from bbopt.errors import TrialError, UnknownTrialError
 
 SPACE = Space({"x": Float(0, 1), "k": Int(1, 5)})
 
@@ -171,3 +173,65 @@ def test_reads_do_not_wait_for_a_long_ask(tmp_path):
     t.join(10)
     assert len(trials) == 1 and elapsed < 2.0
     assert len(Study.load("r", url).trials) == 2
+
+
+# -- heartbeats and stale trials -------------------------------------------------------------
+
+
+def test_trials_of_a_silent_worker_go_stale(tmp_path):
+    space = Space({"x": Float(0, 1)})
+    study = Study(space, method="random", seed=0, storage=f"sqlite:///{tmp_path / 's.db'}",
+                  name="s")
+    watched = study.ask(2, heartbeat=True)
+    plain = study.ask()  # asked without heartbeats: never stale
+    told = study.ask(heartbeat=True)
+    study.tell(told, 0.5)
+    assert watched[0].info == {"heartbeat": True} and plain.info == {}
+    time.sleep(0.3)
+    assert study.heartbeat(watched[1], told.id) == [told.id]  # told: its worker can stop
+    stale = study.fail_stale_trials(0.2)  # watched[1] just beat, watched[0] did not
+    assert [t.id for t in stale] == [watched[0].id]
+    assert stale[0].state is TrialState.FAILED and stale[0].info["stale"] is True
+    assert "no heartbeat" in stale[0].info["reason"]
+    by_id = {t.id: t for t in Study.load("s", f"sqlite:///{tmp_path / 's.db'}").trials}
+    assert by_id[watched[1].id].state is TrialState.PENDING
+    assert by_id[plain.id].state is TrialState.PENDING
+    assert by_id[told.id].value == 0.5
+    # A worker that comes back late cannot tell its stale trial, and learns so.
+    assert study.heartbeat(watched[0]) == [watched[0].id]
+    with pytest.raises(TrialError, match="already finished"):
+        study.tell(watched[0], 1.0)
+    # Bad input: unknown ids and a bad grace change nothing.
+    with pytest.raises(UnknownTrialError, match="unknown trial id"):
+        study.heartbeat(watched[1], 99)
+    for grace in (0, -1, float("nan"), "10"):
+        with pytest.raises(ValueError, match="grace"):
+            study.fail_stale_trials(grace)
+    assert [t.state for t in study.trials] == [t.state for t in by_id.values()]
+
+
+def test_a_store_from_before_heartbeats_gets_the_column(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    con = sqlite3.connect(path)
+    con.executescript("""
+        CREATE TABLE bbopt_studies (id INTEGER PRIMARY KEY, name VARCHAR(255) NOT NULL UNIQUE,
+            space TEXT NOT NULL, direction VARCHAR(16) NOT NULL, method VARCHAR(64) NOT NULL,
+            options TEXT NOT NULL, seed BIGINT NOT NULL, created_at DATETIME NOT NULL);
+        CREATE TABLE bbopt_trials (pk INTEGER PRIMARY KEY, study_id INTEGER NOT NULL
+            REFERENCES bbopt_studies(id), number INTEGER NOT NULL, state VARCHAR(16) NOT NULL,
+            params TEXT NOT NULL, value FLOAT, info TEXT NOT NULL, created_at DATETIME NOT NULL,
+            finished_at DATETIME, UNIQUE (study_id, number));
+        INSERT INTO bbopt_studies VALUES (1, 'old', '{"x": {"type": "float", "low": 0,
+            "high": 1}}', 'minimize', 'random', '{}', 3, '2026-01-01 00:00:00');
+        INSERT INTO bbopt_trials VALUES (1, 1, 0, 'complete', '{"x": 0.25}', 0.5, '{}',
+            '2026-01-01 00:00:00', '2026-01-01 00:00:01');
+    """)
+    con.commit()
+    con.close()
+    study = Study.load("old", f"sqlite:///{path}")
+    assert [(t.params, t.value) for t in study.trials] == [({"x": 0.25}, 0.5)]
+    trial = study.ask(heartbeat=True)
+    assert study.heartbeat(trial) == []
+    assert len(Study.load("old", f"sqlite:///{path}").trials) == 2

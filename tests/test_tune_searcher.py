@@ -8,18 +8,15 @@ import pickle
 import warnings
 
 import pytest
+import ray
+from ray import tune
 
-pytest.importorskip("ray.tune")
-
-import ray  # noqa: E402
-from ray import tune  # noqa: E402
-
-import bbopt  # noqa: E402
-from bbopt import BBOptSearch, Categorical, Float, Int, Space, TrialState  # noqa: E402
-from bbopt.errors import StudyError, TrialError, UnknownMethodError  # noqa: E402
-from bbopt.serve.tune import convert_search_space  # noqa: E402
-from bbopt.storage import SQLStorage  # noqa: E402
-from bbopt.trial import Trial  # noqa: E402
+import bbopt
+from bbopt import BBOptSearch, Categorical, Float, Int, Space, TrialState
+from bbopt.errors import StudyError, TrialError, UnknownMethodError
+from bbopt.serve.tune import convert_search_space
+from bbopt.storage import SQLStorage
+from bbopt.trial import Trial
 
 TUNE_SPACE = {
     "x": tune.uniform(-1.0, 1.0),

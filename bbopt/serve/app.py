@@ -15,6 +15,8 @@ status, and leaves the study unchanged):
     GET  /studies/{name}                       settings, trial counts, best trial
     POST /studies/{name}/ask                   {"n": 4} -> {"trials": [...]}
     POST /studies/{name}/trials/{id}/tell      {"value": 0.3} | {"failed": true, "reason"}
+    POST /studies/{name}/heartbeat             {"trials": [ids]} -> {"finished": [ids]}
+    POST /studies/{name}/fail-stale            {"grace": 120} -> {"trials": [failed ones]}
     GET  /studies/{name}/trials                {"trials": [...]}
     GET  /studies/{name}/best                  {"trial": {...}}  (404 before any value)
 """
@@ -101,6 +103,16 @@ class OpenStudy(_Body):
 
 class Ask(_Body):
     n: int = Field(default=1, ge=1, le=1000)
+    heartbeat: bool = Field(
+        default=False, description="the caller will send heartbeats while it evaluates")
+
+
+class Heartbeat(_Body):
+    trials: list[int] = Field(min_length=1, max_length=1000)
+
+
+class FailStale(_Body):
+    grace: float = Field(gt=0, description="seconds without a heartbeat")
 
 
 class Tell(_Body):
@@ -190,7 +202,20 @@ def make_app(backend: Backend, token: str) -> FastAPI:
 
     @app.post("/studies/{name}/ask", summary="Hand out n new pending trials")
     async def ask(name: str, body: Ask | None = None) -> Any:
-        return _answer(await on_study("ask", name, n=(body or Ask()).n), "trials")
+        body = body or Ask()
+        return _answer(await on_study("ask", name, n=body.n, heartbeat=body.heartbeat),
+                       "trials")
+
+    @app.post("/studies/{name}/heartbeat",
+              summary="Workers of these pending trials are alive; answers those no longer "
+                      "pending")
+    async def heartbeat(name: str, body: Heartbeat) -> Any:
+        return _answer(await on_study("heartbeat", name, trials=body.trials), "finished")
+
+    @app.post("/studies/{name}/fail-stale",
+              summary="Fail pending trials with no heartbeat for `grace` seconds")
+    async def fail_stale(name: str, body: FailStale) -> Any:
+        return _answer(await on_study("fail_stale", name, grace=body.grace), "trials")
 
     @app.post("/studies/{name}/trials/{trial_id}/tell",
               summary="Record a pending trial's value, or its failure")

@@ -28,7 +28,7 @@ import requests
 from bbopt import errors
 from bbopt.errors import BBOptError, ServiceError, TrialError
 from bbopt.space import Space
-from bbopt.study import check_value
+from bbopt.study import check_value, trial_id
 from bbopt.trial import Trial, TrialState
 
 
@@ -180,19 +180,33 @@ class RemoteStudy:
     @overload
     def ask(self, n: int) -> list[Trial]: ...
 
-    def ask(self, n: int | None = None) -> Trial | list[Trial]:
-        """One new pending trial, or a list of ``n`` distinct ones."""
-        got = self.client.request("POST", self._path + "/ask", {"n": 1 if n is None else n})
+    def ask(self, n: int | None = None, *, heartbeat: bool = False) -> Trial | list[Trial]:
+        """One new pending trial, or a list of ``n`` distinct ones (``heartbeat``: see
+        ``bbopt.Study.ask``)."""
+        got = self.client.request("POST", self._path + "/ask",
+                                  {"n": 1 if n is None else n, "heartbeat": heartbeat})
         trials = [Trial.from_dict(t) for t in got["trials"]]
         return trials if n is not None else trials[0]
+
+    def heartbeat(self, *trials: Trial | int) -> list[int]:
+        """See ``bbopt.Study.heartbeat``."""
+        if not trials:
+            return []
+        ids = [trial_id(t) for t in trials]
+        return self.client.request("POST", self._path + "/heartbeat", {"trials": ids},
+                                   resend=True)["finished"]
+
+    def fail_stale_trials(self, grace: float) -> list[Trial]:
+        """See ``bbopt.Study.fail_stale_trials``."""
+        got = self.client.request("POST", self._path + "/fail-stale", {"grace": grace},
+                                  resend=True)
+        return [Trial.from_dict(t) for t in got["trials"]]
 
     def tell(self, trial: Trial | int, value: float | None = None, *,
              grad: Mapping[str, float] | Sequence[float] | None = None,
              failed: bool = False, reason: str | None = None) -> Trial:
         """Record a pending trial's value (or ``failed=True``); see ``bbopt.Study.tell``."""
-        number = trial.id if isinstance(trial, Trial) else trial
-        if isinstance(number, bool) or not isinstance(number, int):
-            raise TrialError(f"trial must be a Trial or an integer id, got {trial!r}")
+        number = trial_id(trial)
         if grad is not None and not isinstance(grad, Mapping):
             grad = [float(g) for g in grad]
         if value is not None:

@@ -82,7 +82,8 @@ class StudyHost:
 
     def call(self, op: str, name: str | None = None, args: dict[str, Any] | None = None
              ) -> dict[str, Any]:
-        """Run ``op`` ('open', 'info', 'ask', 'tell', 'trials', 'best', 'list', 'stats')."""
+        """Run ``op`` ('open', 'info', 'ask', 'tell', 'heartbeat', 'fail_stale', 'trials',
+        'best', 'list', 'stats')."""
         try:
             fn = getattr(self, f"_op_{op}", None)
             if fn is None:
@@ -143,8 +144,15 @@ class StudyHost:
     def _op_info(self, name: str | None) -> dict[str, Any]:
         return study_info(self._study(name))
 
-    def _op_ask(self, name: str | None, n: int = 1) -> list[dict[str, Any]]:
-        return [t.to_dict() for t in self._study(name).ask(n)]
+    def _op_ask(self, name: str | None, n: int = 1, heartbeat: bool = False
+                ) -> list[dict[str, Any]]:
+        return [t.to_dict() for t in self._study(name).ask(n, heartbeat=heartbeat)]
+
+    def _op_heartbeat(self, name: str | None, trials: list[int]) -> list[int]:
+        return self._study(name).heartbeat(*trials)
+
+    def _op_fail_stale(self, name: str | None, grace: float) -> list[dict[str, Any]]:
+        return [t.to_dict() for t in self._study(name).fail_stale_trials(grace)]
 
     def _op_tell(self, name: str | None, trial_id: int, value: float | None = None,
                  failed: bool = False, reason: str | None = None,

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,9 @@ trials_table = sa.Table(
     sa.Column("info", sa.Text, nullable=False),  # JSON
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("finished_at", sa.DateTime, nullable=True),
+    # Last sign of life of the worker evaluating a pending trial; NULL: nobody watches
+    # it (a plain ask), so it never goes stale (see SQLStorage.fail_stale).
+    sa.Column("heartbeat_at", sa.DateTime, nullable=True),
     sa.UniqueConstraint("study_id", "number", name="uq_bbopt_trial_number"),
 )
 
@@ -109,9 +112,18 @@ class SQLStorage:
         self.engine = self._make_engine(parsed)
         try:
             with self._read() as conn:  # creating takes the write lock: only when needed
-                missing = not all(sa.inspect(conn).has_table(t) for t in metadata.tables)
+                inspector = sa.inspect(conn)
+                missing = not all(inspector.has_table(t) for t in metadata.tables)
+                old = not missing and "heartbeat_at" not in {
+                    c["name"] for c in inspector.get_columns(trials_table.name)}
             if missing:
                 metadata.create_all(self.engine)
+            if old:  # a store written before heartbeats: add the column, keep every row
+                with self._transaction() as conn:
+                    if "heartbeat_at" not in {
+                            c["name"] for c in sa.inspect(conn).get_columns(trials_table.name)}:
+                        conn.exec_driver_sql(
+                            f"ALTER TABLE {trials_table.name} ADD COLUMN heartbeat_at TIMESTAMP")
         except SQLAlchemyError as e:
             raise StorageError(f"cannot open database {self._safe_url()}: {e.orig or e}") from None
 
@@ -275,15 +287,20 @@ class SQLStorage:
         self,
         study_id: int,
         propose: Callable[[list[Trial]], Sequence[tuple[dict[str, Any], dict[str, Any]]]],
+        heartbeat: bool = False,
     ) -> list[Trial]:
         """Atomically: read the study's trials, call ``propose(trials)`` for a list of
-        (params, info) pairs, and store each as a new pending trial."""
+        (params, info) pairs, and store each as a new pending trial (with ``heartbeat``,
+        one whose worker will send heartbeats, so that it can go stale)."""
         with self._transaction(study_id) as conn:
             history = self._trials(conn, study_id)
             proposals = propose(history)
             start = len(history)
+            beat = {"heartbeat_at": _now()} if heartbeat else {}
             for i, (params, info) in enumerate(proposals):
-                self._insert(conn, study_id, start + i, params, info=json.dumps(info))
+                if heartbeat:
+                    info = {**info, "heartbeat": True}  # others may wait for it (tune)
+                self._insert(conn, study_id, start + i, params, info=json.dumps(info), **beat)
             new = self._trials_from(conn, study_id, start)
         return new
 
@@ -350,6 +367,52 @@ class SQLStorage:
                 .values(state=state.value, value=value, info=json.dumps(merged), finished_at=_now())
             )
             return self._trial(conn.execute(sa.select(trials_table).where(where)).one())
+
+    def heartbeat(self, study_id: int, numbers: Sequence[int]) -> list[int]:
+        """Record that the workers of trials ``numbers`` are alive; returns those of them
+        that are no longer pending (told elsewhere, or failed as stale): their worker
+        should stop. UnknownTrialError, changing nothing, for an id the study lacks."""
+        numbers = sorted({int(n) for n in numbers})
+        with self._transaction(study_id) as conn:
+            rows = {r.number: r.state for r in conn.execute(
+                sa.select(trials_table.c.number, trials_table.c.state).where(
+                    trials_table.c.study_id == study_id, trials_table.c.number.in_(numbers)))}
+            unknown = [n for n in numbers if n not in rows]
+            if unknown:
+                raise UnknownTrialError(f"unknown trial id(s) {unknown}")
+            alive = [n for n in numbers if rows[n] == TrialState.PENDING.value]
+            if alive:
+                conn.execute(trials_table.update().where(
+                    trials_table.c.study_id == study_id, trials_table.c.number.in_(alive)
+                ).values(heartbeat_at=_now()))
+        return [n for n in numbers if n not in alive]
+
+    def fail_stale(self, study_id: int, grace: float) -> list[Trial]:
+        """Mark FAILED every pending trial whose worker sent no heartbeat for ``grace``
+        seconds (a killed or lost worker), so that it stops counting as running; the
+        others, and trials asked without heartbeats, are left alone."""
+        if not (isinstance(grace, int | float) and math.isfinite(grace) and grace > 0):
+            raise ValueError(f"grace must be a positive number of seconds, got {grace!r}")
+        now = _now()
+        cutoff = now - timedelta(seconds=float(grace))
+        with self._transaction(study_id) as conn:
+            stale = conn.execute(sa.select(trials_table).where(
+                trials_table.c.study_id == study_id,
+                trials_table.c.state == TrialState.PENDING.value,
+                trials_table.c.heartbeat_at.is_not(None),
+                trials_table.c.heartbeat_at < cutoff)).all()
+            for row in stale:
+                quiet = (now - row.heartbeat_at).total_seconds()
+                info = {**json.loads(row.info), "stale": True, "reason": (
+                    f"stale: no heartbeat from its worker for {quiet:.0f} s "
+                    f"(grace {grace:g} s); the worker was killed or lost")}
+                conn.execute(trials_table.update().where(trials_table.c.pk == row.pk).values(
+                    state=TrialState.FAILED.value, info=json.dumps(info), finished_at=now))
+            rows = conn.execute(sa.select(trials_table).where(
+                trials_table.c.study_id == study_id,
+                trials_table.c.number.in_([row.number for row in stale]),
+            ).order_by(trials_table.c.number))
+            return [self._trial(r) for r in rows]
 
     def import_trials(self, study_id: int, trials: Sequence[Trial]) -> list[Trial]:
         """Store ``trials`` exactly as given (ids, states, values, info, timestamps) in a
