@@ -51,9 +51,20 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def service(tmp_path: Path):
-    """The app on uvicorn in a thread, two in-process hosts, a SQLite file."""
+def service(request, tmp_path: Path):
+    """The app on uvicorn in a thread, two in-process hosts, a SQLite file (or, with
+    ``indirect`` parameter "postgresql", a fresh database on a PostgreSQL server)."""
     storage = f"sqlite:///{tmp_path / 'svc.db'}"
+    if getattr(request, "param", "sqlite") == "postgresql":
+        import sqlalchemy as sa
+
+        server = request.getfixturevalue("postgres_url")
+        db = f"svc_{time.monotonic_ns()}"
+        engine = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {db}")
+        engine.dispose()
+        storage = server.rsplit("/", 1)[0] + "/" + db
     app = make_app(LocalBackend(storage, n_hosts=2), TOKEN)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
@@ -78,6 +89,7 @@ def _raw(url: str, method: str, path: str, data: str | None = None,
     return requests.request(method, url + path, data=data, headers=headers, timeout=30)
 
 
+@pytest.mark.parametrize("service", ["sqlite", "postgresql"], indirect=True)
 def test_client_mirrors_study(service):
     url, storage = service
     remote = bbopt.Client(url, token=TOKEN)

@@ -178,10 +178,17 @@ def test_reads_do_not_wait_for_a_long_ask(tmp_path):
 # -- heartbeats and stale trials -------------------------------------------------------------
 
 
-def test_trials_of_a_silent_worker_go_stale(tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 's.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def test_trials_of_a_silent_worker_go_stale(store_url):
     space = Space({"x": Float(0, 1)})
-    study = Study(space, method="random", seed=0, storage=f"sqlite:///{tmp_path / 's.db'}",
-                  name="s")
+    name = f"stale-{time.monotonic_ns()}"
+    study = Study(space, method="random", seed=0, storage=store_url, name=name)
     watched = study.ask(2, heartbeat=True)
     plain = study.ask()  # asked without heartbeats: never stale
     told = study.ask(heartbeat=True)
@@ -193,7 +200,7 @@ def test_trials_of_a_silent_worker_go_stale(tmp_path):
     assert [t.id for t in stale] == [watched[0].id]
     assert stale[0].state is TrialState.FAILED and stale[0].info["stale"] is True
     assert "no heartbeat" in stale[0].info["reason"]
-    by_id = {t.id: t for t in Study.load("s", f"sqlite:///{tmp_path / 's.db'}").trials}
+    by_id = {t.id: t for t in Study.load(name, store_url).trials}
     assert by_id[watched[1].id].state is TrialState.PENDING
     assert by_id[plain.id].state is TrialState.PENDING
     assert by_id[told.id].value == 0.5
@@ -210,28 +217,18 @@ def test_trials_of_a_silent_worker_go_stale(tmp_path):
     assert [t.state for t in study.trials] == [t.state for t in by_id.values()]
 
 
-def test_a_store_from_before_heartbeats_gets_the_column(tmp_path):
-    import sqlite3
+def test_a_store_from_before_heartbeats_gets_the_column(store_url):
+    import sqlalchemy as sa
 
-    path = tmp_path / "old.db"
-    con = sqlite3.connect(path)
-    con.executescript("""
-        CREATE TABLE bbopt_studies (id INTEGER PRIMARY KEY, name VARCHAR(255) NOT NULL UNIQUE,
-            space TEXT NOT NULL, direction VARCHAR(16) NOT NULL, method VARCHAR(64) NOT NULL,
-            options TEXT NOT NULL, seed BIGINT NOT NULL, created_at DATETIME NOT NULL);
-        CREATE TABLE bbopt_trials (pk INTEGER PRIMARY KEY, study_id INTEGER NOT NULL
-            REFERENCES bbopt_studies(id), number INTEGER NOT NULL, state VARCHAR(16) NOT NULL,
-            params TEXT NOT NULL, value FLOAT, info TEXT NOT NULL, created_at DATETIME NOT NULL,
-            finished_at DATETIME, UNIQUE (study_id, number));
-        INSERT INTO bbopt_studies VALUES (1, 'old', '{"x": {"type": "float", "low": 0,
-            "high": 1}}', 'minimize', 'random', '{}', 3, '2026-01-01 00:00:00');
-        INSERT INTO bbopt_trials VALUES (1, 1, 0, 'complete', '{"x": 0.25}', 0.5, '{}',
-            '2026-01-01 00:00:00', '2026-01-01 00:00:01');
-    """)
-    con.commit()
-    con.close()
-    study = Study.load("old", f"sqlite:///{path}")
-    assert [(t.params, t.value) for t in study.trials] == [({"x": 0.25}, 0.5)]
+    name = f"old-{time.monotonic_ns()}"
+    study = Study({"x": Float(0, 1)}, method="random", seed=3, storage=store_url, name=name)
+    study.tell(study.ask(), 0.5)
+    engine = sa.create_engine(store_url)
+    with engine.begin() as conn:  # the schema as it was before heartbeats
+        conn.exec_driver_sql("ALTER TABLE bbopt_trials DROP COLUMN heartbeat_at")
+    engine.dispose()
+    study = Study.load(name, store_url)
+    assert [t.value for t in study.trials] == [0.5]
     trial = study.ask(heartbeat=True)
     assert study.heartbeat(trial) == []
-    assert len(Study.load("old", f"sqlite:///{path}").trials) == 2
+    assert len(Study.load(name, store_url).trials) == 2
