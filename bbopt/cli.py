@@ -146,6 +146,11 @@ def tune(objective: str, space_file: str | None, budget: int, method: str | None
         click.echo(f"note: {len(stale)} pending trial(s) from earlier runs stay open "
                    f"(ids {sorted(stale)[:10]}); close one with `bbopt tell {name} ID --failed`.",
                    err=True)
+    others = sorted(t.id for t in trials if t.state is TrialState.PENDING and t.id not in stale)
+    if others:
+        click.echo(f"note: {len(others)} trial(s) asked by another process are running (ids "
+                   f"{others[:10]}); if that process died, they are failed as stale after "
+                   f"{grace:g} s without a heartbeat.", err=True)
     lock = threading.Lock()
     state = {"finished": _finished(trials), "inflight": {}, "failures": 0, "error": None}
     stop = threading.Event()
@@ -641,7 +646,8 @@ workers_option = click.option(
     "--workers", type=click.IntRange(min=1), default=1, show_default=True,
     help="Data-parallel Ray Train workers sharing --batch (it must divide by them); 1 "
          "trains in this process. Joins the cluster in RAY_ADDRESS (ray job submit), else "
-         "starts Ray here; OUT must then be a path every worker shares.")
+         "starts Ray here; OUT must then be a path every worker shares. A dead worker "
+         "restarts the group from OUT/last.pt (up to 3 times).")
 gpus_option = click.option(
     "--gpus", is_flag=True,
     help="One GPU per Ray Train worker (NCCL); runs on Ray even with --workers 1.")

@@ -213,9 +213,12 @@ def test_kill_9_loses_nothing_told(workdir):
     final = Study.load("k", db).trials
     assert sum(t.state is TrialState.COMPLETE for t in final) == 8
     assert all(final[i].value == v for i, v in values.items())
-    stale = [t for t in final if t.state is TrialState.PENDING]
-    if stale:  # a trial in flight at the kill stays open, and the re-run says so
-        assert "pending trial(s) from earlier runs" in again.stderr
+    open_ = [t for t in final if t.state is TrialState.PENDING]
+    if open_:  # a trial in flight at the kill stays open (it sent heartbeats), and the
+        # re-run says it goes stale unless its process is alive
+        assert all(t.info.get("heartbeat") for t in open_)
+        assert "asked by another process are running" in again.stderr
+        assert "failed as stale after 120 s" in again.stderr
 
 
 def test_train_commands_reject_bad_input_with_a_clear_error(tmp_path):

@@ -151,6 +151,39 @@ def test_bbo_two_workers_match_single_process_and_resume(tmp_path, ray_local, on
     assert torch.load(run / "last.pt", weights_only=False)["iteration"] == 35
 
 
+def test_a_killed_worker_restarts_the_group_from_the_last_checkpoint(tmp_path, ray_local):
+    """Rank 1 dies by SIGKILL (once) at iteration 15; Ray Train starts a new group, which
+    resumes from last.pt (iteration 10) and finishes the run."""
+    marker = tmp_path / "killed"
+
+    def dying(cls: type) -> type:  # built here, so that Ray ships it by value
+        class Dying(cls):  # type: ignore[misc,valid-type]
+            def loss(self) -> torch.Tensor:
+                import os
+                import signal
+
+                import torch.distributed as d
+                if self.iteration == 15 and d.get_rank() == 1 and not marker.exists():
+                    marker.write_text(str(os.getpid()))
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return super().loss()
+
+        return Dying
+
+    config = BBOTrainConfig(dims=(2,), val_dims=(2,), horizon=10, batch=4, hidden=8,
+                            layers=1, iterations=20, val_every=5, checkpoint_every=10,
+                            val_functions=8, parallel=(1,), seed=3)
+    run = tmp_path / "run"
+    out = train_distributed(dying(BBOTrainer), config, run, workers=2, log=None,
+                            max_failures=1)
+    assert marker.exists()  # it did die
+    assert out["iteration"] == 20
+    assert [r["start_iteration"] for r in out["ranks"]] == [10, 10]
+    assert int(marker.read_text()) not in [r["pid"] for r in out["ranks"]]
+    assert [e["iteration"] for e in _log(run)] == [0, 5, 10, 15, 15, 20]  # 15 redone
+    assert torch.load(run / "last.pt", weights_only=False)["iteration"] == 20
+
+
 def test_l2l_two_workers_match_single_process(tmp_path, ray_local, one_thread):
     config = L2LTrainConfig(families=("quadratic",), batch=8, horizon=20, unroll=10,
                             iterations=8, val_every=4, checkpoint_every=4, val_problems=8,

@@ -202,18 +202,21 @@ def ensure_ray(workers: int, gpus: bool = False, cpus_per_worker: int = 1) -> No
 def train_distributed(trainer_cls: type[MetaTrainer], config: Any, run_dir: str | Path,
                       workers: int, gpus: bool = False, command: str | None = None,
                       log: Callable[[str], None] | None = echo,
-                      threads: int | None = None) -> dict[str, Any]:
+                      threads: int | None = None, max_failures: int = 3) -> dict[str, Any]:
     """Meta-train ``trainer_cls`` on ``workers`` Ray Train workers at total batch
     ``config.batch``; resumes from ``run_dir/last.pt`` like the single process.
 
     ``log`` gets rank 0's progress lines, on the worker (the default, ``echo``, writes
     them to its stdout, which Ray forwards to this terminal; None: quiet); ``threads`` is torch's CPU threads per worker
-    (and the CPUs each worker reserves; default 1). Returns rank 0's ``run()`` result with
+    (and the CPUs each worker reserves; default 1). A worker that dies (killed, its node
+    lost) makes Ray Train restart the whole group, up to ``max_failures`` times (-1:
+    always); the new workers resume from ``run_dir/last.pt``, so at most the steps since
+    the last checkpoint are redone. Returns rank 0's ``run()`` result with
     ``workers`` and ``ranks`` (per rank: host, pid, device, batch share, iteration it
     started at, a digest of its generator state then, and of its final weights).
     """
     import ray.train
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     share = split_batch(config.batch, workers)
@@ -231,7 +234,8 @@ def train_distributed(trainer_cls: type[MetaTrainer], config: Any, run_dir: str 
                                      resources_per_worker={"CPU": threads or 1,
                                                            **({"GPU": 1} if gpus else {})}),
         run_config=RunConfig(storage_path=str(run_dir / "ray"), name=name,
-                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1),
+                             failure_config=FailureConfig(max_failures=max_failures)),
     )
     try:
         result = trainer.fit()
