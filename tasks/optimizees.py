@@ -9,7 +9,11 @@ Each family samples a batch of B independent problems over flat parameter vector
   (three hidden layers of 20) and ``mlp-relu`` (ReLU units) vary it;
 * ``cnn``: two 3x3 convolutions (8 and 16 channels, ReLU, max-pooling) and a linear layer
   on the 8x8 digit images;
-* ``sparse-l1`` and ``sparse-group``: sparse regression (``bbopt.tasks.sparse``).
+* ``sparse-l1`` and ``sparse-group``: sparse regression (``bbopt.tasks.sparse``);
+* ``cnn-synth`` (for training only, never benchmarked): a CNN of random widths on
+  synthetic 8x8 images that the code draws per batch (10 classes, each a random pattern
+  of blobs, seen shifted and noisy), so that a rule can meet convolutions in training
+  without ever seeing the digits CNN.
 
 ``loss(theta)`` is what an optimizer sees (the minibatch loss for the MLPs and CNN, drawn
 afresh at each call), ``full_loss(theta)`` what is reported (the loss on the whole
@@ -27,6 +31,8 @@ import torch
 import torch.nn.functional as F
 
 TRAIN_FAMILIES = ("quadratic", "mlp-sigmoid")
+#: Families that only serve as training material (augmentation); benchmarks leave them out.
+TRAINING_ONLY = ("cnn-synth",)
 
 
 class Optimizee:
@@ -178,6 +184,44 @@ def _cnn(batch: int, generator: torch.Generator, device: torch.device | str) -> 
                name="cnn")
 
 
+def synthetic_images(n: int, generator: torch.Generator, classes: int = 10,
+                     size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` standardized (n, size*size) images and their labels: each class is a random
+    sum of 2 to 4 Gaussian blobs; a sample is its class pattern shifted by up to one
+    pixel, with random contrast and pixel noise."""
+    grid = torch.arange(size, dtype=torch.float32)
+    yy, xx = torch.meshgrid(grid, grid, indexing="ij")
+    protos = torch.zeros(classes, size, size)
+    for c in range(classes):
+        for _ in range(int(torch.randint(2, 5, (1,), generator=generator))):
+            cy, cx = (torch.rand(2, generator=generator) * (size - 1)).tolist()
+            w = 0.7 + 1.5 * float(torch.rand((), generator=generator))
+            sign = 1.0 if float(torch.rand((), generator=generator)) < 0.8 else -0.5
+            protos[c] += sign * torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * w * w))
+    labels = torch.randint(classes, (n,), generator=generator)
+    shifts = torch.randint(-1, 2, (n, 2), generator=generator)
+    images = torch.stack([torch.roll(protos[y], (int(a), int(b)), dims=(0, 1))
+                          for y, (a, b) in zip(labels.tolist(), shifts.tolist(), strict=True)])
+    images = images * (0.6 + 0.8 * torch.rand(n, 1, 1, generator=generator))
+    images = images + 0.3 * torch.randn(n, size, size, generator=generator)
+    X = images.reshape(n, -1)
+    X = (X - X.mean(0)) / X.std(0).clamp_min(1e-6)
+    return X, labels
+
+
+def _cnn_synth(batch: int, generator: torch.Generator, device: torch.device | str
+               ) -> Optimizee:
+    X, labels = synthetic_images(1024, generator)
+    c1 = int(torch.randint(4, 13, (1,), generator=generator))
+    c2 = int(torch.randint(8, 25, (1,), generator=generator))
+    shapes = [(c1, 1, 3, 3), (c1,), (c2, c1, 3, 3), (c2,), (4 * c2, 10), (10,)]
+    fans = [9, 9, 9 * c1, 9 * c1, 4 * c2, 4 * c2]
+    theta0 = _init(shapes, fans, batch, generator).to(device)
+    data = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+    return CNN(shapes=shapes, X=X.to(device), labels=labels.to(device), theta0=theta0,
+               data_generator=data, name="cnn-synth")
+
+
 def _quadratic(batch: int, generator: torch.Generator, device: torch.device | str,
                dim: int = 10) -> Optimizee:
     W = torch.randn(batch, dim, dim, generator=generator)
@@ -245,7 +289,10 @@ FAMILIES: dict[str, Callable[..., Optimizee]] = {
     "cnn": _cnn,
     "sparse-l1": _sparse("l1"),
     "sparse-group": _sparse("group"),
+    "cnn-synth": _cnn_synth,
 }
+#: What benchmarks run by default: every family but the training-only ones.
+BENCH_FAMILIES = tuple(f for f in FAMILIES if f not in TRAINING_ONLY)
 
 
 def sample_optimizee(family: str, batch: int, generator: torch.Generator,

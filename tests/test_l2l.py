@@ -2,6 +2,7 @@
 shipped weights, and gradient mode in studies."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -120,6 +121,15 @@ def test_tiny_meta_training_lowers_validation_loss(tmp_path):
     assert again.iteration == 40
     again.run()
     assert again.iteration == 60
+    # --init: a new run starts from those weights (same architecture), other ones refused
+    start = L2LTrainer(replace(config, init=str(tmp_path / "run" / "best.pt")),
+                       tmp_path / "from-best", log=lambda m: None)
+    trained, _ = load_l2l(tmp_path / "run" / "best.pt")
+    assert all(torch.equal(a, b) for a, b in zip(start.model.state_dict().values(),
+                                                 trained.state_dict().values(), strict=True))
+    with pytest.raises(ValueError, match="this run asks for"):
+        L2LTrainer(replace(config, init=str(tmp_path / "run" / "best.pt"), hidden=7),
+                   tmp_path / "other", log=lambda m: None)
 
 
 def test_train_config_rejects_bad_settings():

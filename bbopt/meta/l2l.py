@@ -134,9 +134,9 @@ class L2LTrainer(MetaTrainer):
 
     def load_init(self, path: str) -> None:
         start, _ = load_l2l(path, self.device)
-        if start.config != self.net.config:
+        if start.config != self.model.config:
             raise ValueError(f"{path}: its net is {start.config}; this run asks for "
-                             f"{self.net.config}")
+                             f"{self.model.config}")
         self.model.load_state_dict(start.state_dict())
 
     def save_best(self, path: Path, meta: dict[str, Any]) -> None:
