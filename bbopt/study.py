@@ -74,13 +74,17 @@ class Study:
             space = Space(space)
         self._storage = get_storage(storage)
         record = self._storage.get_study(name) if name is not None else None
+        built: Optimizer | None = None  # the optimizer made for a new study
+        new_seed = None
         if record is None:
             if space is None:
                 where = f" in {storage}" if storage else ""
                 raise UnknownStudyError(
                     f"no study named {name!r}{where}; give a space to create it"
                 )
-            make_optimizer(method or DEFAULT_METHOD, space.dim, 0, options)  # fail early
+            new_seed = seed if seed is not None else secrets.randbelow(2**31)
+            # built before the study is stored: bad options fail with nothing written
+            built = make_optimizer(method or DEFAULT_METHOD, space.dim, new_seed, options)
             try:
                 record = self._storage.create_study(
                     name=name or f"study-{uuid.uuid4().hex[:8]}",
@@ -88,7 +92,7 @@ class Study:
                     direction=direction or "minimize",
                     method=method or DEFAULT_METHOD,
                     options=options,
-                    seed=seed if seed is not None else secrets.randbelow(2**31),
+                    seed=new_seed,
                 )
             except StudyError:  # another process created it first: open that one
                 record = self._storage.get_study(name)  # type: ignore[arg-type]
@@ -106,9 +110,9 @@ class Study:
         # Trial id -> (params, unit-cube point): every ask reads the whole history, and
         # validating and encoding each trial again would dominate a fast optimizer's ask.
         self._encoded: dict[int, tuple[dict[str, Any], np.ndarray]] = {}
-        self._optimizer: Optimizer = make_optimizer(
-            self.method, self.space.dim, record.seed, self._options
-        )
+        if built is None or record.seed != new_seed or record.method != self.method:
+            built = make_optimizer(self.method, self.space.dim, record.seed, self._options)
+        self._optimizer: Optimizer = built
 
     @staticmethod
     def _check_matches(
