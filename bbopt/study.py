@@ -110,7 +110,8 @@ class Study:
         # Trial id -> (params, unit-cube point): every ask reads the whole history, and
         # validating and encoding each trial again would dominate a fast optimizer's ask.
         self._encoded: dict[int, tuple[dict[str, Any], np.ndarray]] = {}
-        if built is None or record.seed != new_seed or record.method != self.method:
+        if (built is None or record.seed != new_seed or record.method != self.method
+                or self._options != options):  # lost a creation race to another study
             built = make_optimizer(self.method, self.space.dim, record.seed, self._options)
         self._optimizer: Optimizer = built
 
