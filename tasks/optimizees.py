@@ -174,14 +174,22 @@ def _mlp(name: str, widths: list[int], activation: str) -> Callable[..., Optimiz
     return make
 
 
-def _cnn(batch: int, generator: torch.Generator, device: torch.device | str) -> Optimizee:
-    X, labels = _digits(device)
-    shapes = [(8, 1, 3, 3), (8,), (16, 8, 3, 3), (16,), (64, 10), (10,)]
-    fans = [9, 9, 72, 72, 64, 64]
+def _cnn_problem(X: torch.Tensor, labels: torch.Tensor, channels: tuple[int, int],
+                 batch: int, generator: torch.Generator, device: torch.device | str,
+                 name: str) -> Optimizee:
+    """``batch`` CNNs (3x3 convolutions of ``channels``, a linear layer) on 8x8 images."""
+    c1, c2 = channels
+    shapes = [(c1, 1, 3, 3), (c1,), (c2, c1, 3, 3), (c2,), (4 * c2, 10), (10,)]
+    fans = [9, 9, 9 * c1, 9 * c1, 4 * c2, 4 * c2]
     theta0 = _init(shapes, fans, batch, generator).to(device)
     data = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-    return CNN(shapes=shapes, X=X, labels=labels, theta0=theta0, data_generator=data,
-               name="cnn")
+    return CNN(shapes=shapes, X=X.to(device), labels=labels.to(device), theta0=theta0,
+               data_generator=data, name=name)
+
+
+def _cnn(batch: int, generator: torch.Generator, device: torch.device | str) -> Optimizee:
+    X, labels = _digits(device)
+    return _cnn_problem(X, labels, (8, 16), batch, generator, device, "cnn")
 
 
 def synthetic_images(n: int, generator: torch.Generator, classes: int = 10,
@@ -214,12 +222,7 @@ def _cnn_synth(batch: int, generator: torch.Generator, device: torch.device | st
     X, labels = synthetic_images(1024, generator)
     c1 = int(torch.randint(4, 13, (1,), generator=generator))
     c2 = int(torch.randint(8, 25, (1,), generator=generator))
-    shapes = [(c1, 1, 3, 3), (c1,), (c2, c1, 3, 3), (c2,), (4 * c2, 10), (10,)]
-    fans = [9, 9, 9 * c1, 9 * c1, 4 * c2, 4 * c2]
-    theta0 = _init(shapes, fans, batch, generator).to(device)
-    data = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-    return CNN(shapes=shapes, X=X.to(device), labels=labels.to(device), theta0=theta0,
-               data_generator=data, name="cnn-synth")
+    return _cnn_problem(X, labels, (c1, c2), batch, generator, device, "cnn-synth")
 
 
 def _quadratic(batch: int, generator: torch.Generator, device: torch.device | str,
