@@ -75,7 +75,6 @@ class Study:
         self._storage = get_storage(storage)
         record = self._storage.get_study(name) if name is not None else None
         built: Optimizer | None = None  # the optimizer made for a new study
-        new_seed = None
         if record is None:
             if space is None:
                 where = f" in {storage}" if storage else ""
@@ -95,6 +94,7 @@ class Study:
                     seed=new_seed,
                 )
             except StudyError:  # another process created it first: open that one
+                built = None  # made for the study that was not stored
                 record = self._storage.get_study(name)  # type: ignore[arg-type]
                 if record is None:
                     raise
@@ -110,8 +110,7 @@ class Study:
         # Trial id -> (params, unit-cube point): every ask reads the whole history, and
         # validating and encoding each trial again would dominate a fast optimizer's ask.
         self._encoded: dict[int, tuple[dict[str, Any], np.ndarray]] = {}
-        if (built is None or record.seed != new_seed or record.method != self.method
-                or self._options != options):  # lost a creation race to another study
+        if built is None:  # an existing study, or one that another process created first
             built = make_optimizer(self.method, self.space.dim, record.seed, self._options)
         self._optimizer: Optimizer = built
 
