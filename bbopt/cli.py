@@ -796,10 +796,14 @@ def train_l2l(run_dir: str, families: str | None, device: str | None, threads: i
 @click.option("--horizon", type=click.IntRange(min=2), default=100, show_default=True)
 @click.option("--parallel", default="1", show_default=True,
               help="Comma-separated proposal round sizes to evaluate (parallel mode).")
+@click.option("--screen", default="0", show_default=True,
+              help="Comma-separated GP screen sizes to evaluate: each query is the screen's "
+                   "pick among this many policy draws and as many uniform points; 0 is the "
+                   "policy's own draw.")
 @click.option("--markdown", type=click.Path(dir_okay=False), default=None,
               help="Append the table (with this command) to this file.")
 def train_eval(weights: tuple[str, ...], dims: str, functions: int, horizon: int,
-               parallel: str, markdown: str | None) -> None:
+               parallel: str, screen: str, markdown: str | None) -> None:
     """Compare policy WEIGHTS files (or run folders: their best.pt) with random search on
     fresh GP-prior samples: log10 simple regret at the horizon, median and mean."""
     from bbopt.meta.trainer import evaluate, load_policy
@@ -812,17 +816,24 @@ def train_eval(weights: tuple[str, ...], dims: str, functions: int, horizon: int
         except (OSError, ValueError) as e:
             raise click.ClickException(f"{path}: {e}") from None
     ds = _ints(dims)
-    header = "| policy | parallel | " + " | ".join(f"d={d}" for d in ds) + " |"
-    lines = [header, "|" + "---|" * (len(ds) + 2)]
+    header = "| policy | parallel | screen | " + " | ".join(f"d={d}" for d in ds) + " |"
+    lines = [header, "|" + "---|" * (len(ds) + 3)]
     qs = _ints(parallel)
-    for q in qs:
-        res = evaluate(policies, ds, functions, horizon, parallel=q)
-        for label, r in res.items():
-            if label == "random" and q != qs[0]:
-                continue
-            cells = [f"{r[f'd{d} median']:.2f} ({r[f'd{d} mean']:.2f})" for d in ds]
-            lines.append(f"| {label} | {'-' if label == 'random' else q} | "
-                         + " | ".join(cells) + " |")
+    ks = _ints(screen)
+    if not ks or min(ks) < 0:
+        raise click.BadParameter("expected comma-separated integers >= 0",
+                                 param_hint="--screen")
+    first = True
+    for k in ks:
+        for q in qs:
+            res = evaluate(policies, ds, functions, horizon, parallel=q, screen=k)
+            for label, r in res.items():
+                if label == "random" and not first:
+                    continue
+                cells = [f"{r[f'd{d} median']:.2f} ({r[f'd{d} mean']:.2f})" for d in ds]
+                where = "- | -" if label == "random" else f"{q} | {k}"
+                lines.append(f"| {label} | {where} | " + " | ".join(cells) + " |")
+            first = False
     table = "\n".join(lines)
     click.echo(table)
     if markdown:

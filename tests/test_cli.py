@@ -221,6 +221,24 @@ def test_kill_9_loses_nothing_told(workdir):
         assert "failed as stale after 120 s" in again.stderr
 
 
+def test_train_eval_compares_screen_sizes(tmp_path):
+    from bbopt.meta.trainer import save_policy
+    from bbopt.nets.policy import BBOPolicy
+
+    save_policy(tmp_path / "p.pt", BBOPolicy("lstm", hidden=8, layers=1), {})
+    runner = CliRunner()
+    res = runner.invoke(main, ["train", "eval", str(tmp_path / "p.pt"), "--dims", "2",
+                               "--functions", "2", "--horizon", "6", "--screen", "0,4",
+                               "--markdown", str(tmp_path / "t.md")])
+    assert res.exit_code == 0, res.output
+    rows = [line for line in res.output.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| policy | parallel | screen | d=2 |"
+    assert [r.split(" | ")[1:3] for r in rows[1:]] == [["-", "-"], ["1", "0"], ["1", "4"]]
+    assert "| 1 | 4 |" in (tmp_path / "t.md").read_text()
+    res = runner.invoke(main, ["train", "eval", str(tmp_path / "p.pt"), "--screen", "-1"])
+    assert res.exit_code != 0 and "--screen" in res.output
+
+
 def test_train_commands_reject_bad_input_with_a_clear_error(tmp_path):
     runner = CliRunner()
     res = runner.invoke(main, ["train", "eval", str(tmp_path / "missing.pt")])

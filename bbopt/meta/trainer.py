@@ -92,7 +92,8 @@ def _scaled(fn: Any, y: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def final_log_regret(policy: BBOPolicy | None, fn: Any, f_min: torch.Tensor, horizon: int,
-                     parallel: int, generator: torch.Generator, floor: float) -> torch.Tensor:
+                     parallel: int, generator: torch.Generator, floor: float,
+                     screen: int = 0) -> torch.Tensor:
     """log10(simple regret + floor) after ``horizon`` queries, regret in prior std units,
     per function of the batch ``fn``; ``policy=None`` is uniform random search."""
     if policy is None:
@@ -100,7 +101,8 @@ def final_log_regret(policy: BBOPolicy | None, fn: Any, f_min: torch.Tensor, hor
                        device=fn.device, dtype=fn.dtype)
         y = fn(x)
     else:
-        _, y = rollout(policy, fn, horizon, parallel=parallel, generator=generator)
+        _, y = rollout(policy, fn, horizon, parallel=parallel, generator=generator,
+                       screen=screen)
     regret = (y.min(dim=1).values - f_min).clamp_min(0) / fn.outputscale.sqrt()
     return torch.log10(regret + floor)
 
@@ -227,12 +229,13 @@ EVAL_SEED = 333_000_000
 
 def evaluate(policies: dict[str, BBOPolicy | None], dims: tuple[int, ...], functions: int,
              horizon: int = 100, parallel: int = 1, seed: int = EVAL_SEED,
-             device: str | torch.device = "cpu") -> dict[str, dict[str, float]]:
+             device: str | torch.device = "cpu", screen: int = 0
+             ) -> dict[str, dict[str, float]]:
     """Median and mean log10 simple regret at ``horizon`` on fresh GP-prior samples.
 
     ``policies`` maps a label to a policy, or to None for uniform random search (the
     reference). The functions (mixed RBF / Matern-5/2 prior) and the random draws are the
-    same for every policy. Returns ``{label: {"d2 median": ..., "d2 mean": ..., ...}}``.
+    same for every policy; ``screen`` as in ``rollout``. Returns ``{label: {"d2 median": ..., "d2 mean": ..., ...}}``.
     """
     from bbopt.tasks.gp_prior import GPPrior
 
@@ -246,7 +249,8 @@ def evaluate(policies: dict[str, BBOPolicy | None], dims: tuple[int, ...], funct
             draws = torch.Generator(device=fn.device).manual_seed(seed + 1000 + d)
             if policy is not None:
                 policy.eval()
-            logr = final_log_regret(policy, fn, f_min, horizon, parallel, draws, 1e-6)
+            logr = final_log_regret(policy, fn, f_min, horizon, parallel, draws, 1e-6,
+                                    screen)
             out[label][f"d{d} median"] = float(logr.median())
             out[label][f"d{d} mean"] = float(logr.mean())
     return out

@@ -21,6 +21,11 @@ of values:
   (g = 1). Sampling is reparameterized (gradients flow through ``u`` and ``z``), so the
   policy is meta-trained by backpropagation through differentiable training functions,
   and several proposals from one state are distinct, which is the parallel mode.
+* **GP screen.** ``propose_screened`` draws many proposals from one state and keeps the
+  one with the highest expected improvement under a cheap GP of the run's values
+  (``bbopt.nets.screen``), with uniform points as extra candidates. The shipped
+  optimizers propose this way; meta-training samples single draws (``rollout(...,
+  screen=K)`` evaluates, and could train, the screened policy).
 
 Everything in ``RunState`` is batched over ``B`` independent runs of dimension ``d``;
 inference is the same code with ``B = 1``.
@@ -36,6 +41,7 @@ import torch
 from torch import nn
 
 from bbopt.nets.base import RecurrentCore, State
+from bbopt.nets.screen import GPScreen
 
 ELITE_FRACTION = 0.2
 _FUNCTION_FEATURES = 7
@@ -173,15 +179,16 @@ class BBOPolicy(nn.Module):
 
     def propose(self, rs: RunState, u: torch.Tensor, z: torch.Tensor
                 ) -> tuple[torch.Tensor, RunState]:
-        """Sample one query per run from uniform draws ``u`` and normal draws ``z`` (B, d).
+        """Sample queries from uniform draws ``u`` and normal draws ``z``: (B, d) for one
+        query per run, or (B, K, d) for K draws per run from the same state.
 
-        Returns the queries (B, d) and the state with the proposal's step size and gate
-        remembered (they are inputs of the next observation). Without observations the
-        query is ``u`` itself.
+        Returns the queries (shaped like ``u``) and the state with the proposal's step
+        size and gate remembered (they are inputs of the next observation and do not
+        depend on the draws). Without observations the query is ``u`` itself.
         """
         if rs.n == 0:
             return u, rs
-        B, d = u.shape
+        B, d = rs.batch, rs.dim
         o = rs.out.view(B, d, -1)
         pooled = o.mean(dim=1, keepdim=True).expand(B, d, -1)
         h = self.head(torch.cat([o, pooled], dim=2))  # (B, d, 4)
@@ -191,35 +198,66 @@ class BBOPolicy(nn.Module):
         gate = torch.sigmoid(h[..., 3].mean(dim=1))  # (B,)
         spread = rs.elite_spread + _EPS_SPREAD
         center = rs.best_x + alpha * (rs.elite_mean - rs.best_x) + beta * spread
-        local = center + torch.exp(log_sigma) * spread * z
-        x = reflect((1 - gate[:, None]) * u + gate[:, None] * local)
+        step, g = torch.exp(log_sigma) * spread, gate[:, None]
+        if u.dim() == 3:
+            center, step, g = center.unsqueeze(1), step.unsqueeze(1), g.unsqueeze(1)
+        x = reflect((1 - g) * u + g * (center + step * z))
         return x, replace(rs, log_sigma=log_sigma, gate=gate)
+
+    def propose_screened(self, rs: RunState, gp: GPScreen, u: torch.Tensor, z: torch.Tensor,
+                         uniform: torch.Tensor, pending: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, RunState]:
+        """One query per run, chosen by the GP screen ``gp`` (``bbopt.nets.screen``,
+        holding the same observations as ``rs``) among the policy's draws ``u``, ``z``
+        (B, K, d) and the uniform candidates ``uniform`` (B, K', d); ``pending`` (B, p, d)
+        are queries awaiting values. With fewer than two observations the policy's first
+        draw is the query. Gradients flow through the chosen draw."""
+        x, rs = self.propose(rs, u, z)
+        if gp.n < 2:
+            return x[:, 0], rs
+        cands = torch.cat([x, uniform.to(x.dtype)], dim=1)
+        pick = gp.log_ei(cands, pending).argmax(dim=1)
+        return cands[torch.arange(rs.batch, device=x.device), pick], rs
 
 
 def rollout(policy: BBOPolicy, fn: Any, horizon: int, *, parallel: int = 1,
-            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            generator: torch.Generator | None = None, screen: int = 0
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``policy`` on a batch of functions for ``horizon`` queries.
 
     ``fn``: a batch of functions (callable (B, d) -> (B,), with ``batch_size``, ``dim``,
     ``device``, ``dtype``, e.g. ``tasks.gp_prior.GPFunctions``). ``parallel``: queries are
     made in rounds of this many before their values are seen (simulated delays); the
-    values of a round are ingested one by one when it completes. Returns the queries
-    (B, T, d) and their values (B, T), differentiable with respect to the policy.
+    values of a round are ingested one by one when it completes. ``screen``: when
+    positive, each query is the GP screen's pick among this many policy draws and as many
+    uniform points (``BBOPolicy.propose_screened``), the round's earlier queries pending.
+    Returns the queries (B, T, d) and their values (B, T), differentiable with respect to
+    the policy.
     """
-    if horizon < 1 or parallel < 1:
-        raise ValueError("horizon and parallel must be positive")
+    if horizon < 1 or parallel < 1 or screen < 0:
+        raise ValueError("horizon and parallel must be positive, screen not negative")
     B, d = fn.batch_size, fn.dim
     dev, dt = fn.device, fn.dtype
     rs = policy.init(B, d, dev, dt)
+    gp = GPScreen(B, d, dev) if screen else None
     xs: list[torch.Tensor] = []
     ys: list[torch.Tensor] = []
     for t in range(horizon):
         if t and t % parallel == 0:
             for j in range(t - parallel, t):
                 rs = policy.observe(rs, xs[j], ys[j])
-        u = torch.rand(B, d, generator=generator, device=dev, dtype=dt)
-        z = torch.randn(B, d, generator=generator, device=dev, dtype=dt)
-        x, rs = policy.propose(rs, u, z)
+                if gp is not None:
+                    gp.add(xs[j], ys[j])
+        if gp is not None:
+            u = torch.rand(B, 2 * screen, d, generator=generator, device=dev, dtype=dt)
+            z = torch.randn(B, screen, d, generator=generator, device=dev, dtype=dt)
+            start = t - t % parallel
+            pending = torch.stack(xs[start:], dim=1) if start < t else None
+            x, rs = policy.propose_screened(rs, gp, u[:, :screen], z, u[:, screen:], pending)
+        else:
+            u = torch.rand(B, d, generator=generator, device=dev, dtype=dt)
+            z = torch.randn(B, d, generator=generator, device=dev, dtype=dt)
+            x, rs = policy.propose(rs, u, z)
         xs.append(x)
         ys.append(fn(x))
     return torch.stack(xs, dim=1), torch.stack(ys, dim=1)

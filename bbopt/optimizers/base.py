@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from bbopt.errors import UnknownMethodError
+from bbopt.errors import StudyError, UnknownMethodError
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,10 @@ def make_optimizer(method: str, dim: int, seed: int, options: dict[str, Any]) ->
         return cls(dim=dim, seed=seed, **options)
     except TypeError as e:
         raise UnknownMethodError(f"method {method!r}: {e}") from None
+    except StudyError:
+        raise
+    except ValueError as e:  # an option with a bad value
+        raise StudyError(f"method {method!r}: {e}") from None
 
 
 def _load_builtin() -> None:
