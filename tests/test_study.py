@@ -2,6 +2,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 import bbopt
 from bbopt import Float, Int, Space, Study, StudyError, TrialError, TrialState
@@ -187,3 +188,18 @@ def test_gp_ei_beats_random(fn, space, optimum, budget):
         regrets[method] = rs
     assert np.median(regrets["gp-ei"]) < np.median(regrets["random"])
     assert sum(g < r for g, r in zip(regrets["gp-ei"], regrets["random"], strict=True)) >= 2
+
+
+def test_sobol_points_are_the_sequence_whatever_the_mode_and_order():
+    # The scrambled engine is cached per (dim, seed); a draw under inference mode (as the
+    # learned optimizer makes) must not poison later draws outside it.
+    from torch.quasirandom import SobolEngine
+
+    from bbopt.optimizers.random import sobol_points
+
+    fresh = SobolEngine(3, scramble=True, seed=11).draw(12, dtype=torch.float64).numpy()
+    with torch.inference_mode():
+        assert np.array_equal(sobol_points(3, 11, 4, 5), fresh[4:9])
+    assert np.array_equal(sobol_points(3, 11, 0, 12), fresh)
+    assert np.array_equal(sobol_points(3, 11, 9, 3), fresh[9:])
+    assert not np.array_equal(sobol_points(3, 12, 0, 12), fresh)
