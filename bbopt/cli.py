@@ -818,22 +818,20 @@ def train_eval(weights: tuple[str, ...], dims: str, functions: int, horizon: int
     ds = _ints(dims)
     header = "| policy | parallel | screen | " + " | ".join(f"d={d}" for d in ds) + " |"
     lines = [header, "|" + "---|" * (len(ds) + 3)]
-    qs = _ints(parallel)
-    ks = _ints(screen)
+    qs, ks = _ints(parallel), _ints(screen)
+    if not qs or min(qs) < 1:
+        raise click.BadParameter("expected comma-separated integers >= 1",
+                                 param_hint="--parallel")
     if not ks or min(ks) < 0:
         raise click.BadParameter("expected comma-separated integers >= 0",
                                  param_hint="--screen")
-    first = True
-    for k in ks:
-        for q in qs:
-            res = evaluate(policies, ds, functions, horizon, parallel=q, screen=k)
-            for label, r in res.items():
-                if label == "random" and not first:
-                    continue
-                cells = [f"{r[f'd{d} median']:.2f} ({r[f'd{d} mean']:.2f})" for d in ds]
-                where = "- | -" if label == "random" else f"{q} | {k}"
-                lines.append(f"| {label} | {where} | " + " | ".join(cells) + " |")
-            first = False
+    for i, (k, q) in enumerate((k, q) for k in ks for q in qs):
+        # random search does not depend on the round size or the screen: evaluated once
+        run = policies if i == 0 else {w: p for w, p in policies.items() if p is not None}
+        for label, r in evaluate(run, ds, functions, horizon, parallel=q, screen=k).items():
+            cells = [f"{r[f'd{d} median']:.2f} ({r[f'd{d} mean']:.2f})" for d in ds]
+            where = "- | -" if label == "random" else f"{q} | {k}"
+            lines.append(f"| {label} | {where} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     click.echo(table)
     if markdown:

@@ -237,6 +237,8 @@ def test_train_eval_compares_screen_sizes(tmp_path):
     assert "| 1 | 4 |" in (tmp_path / "t.md").read_text()
     res = runner.invoke(main, ["train", "eval", str(tmp_path / "p.pt"), "--screen", "-1"])
     assert res.exit_code != 0 and "--screen" in res.output
+    res = runner.invoke(main, ["train", "eval", str(tmp_path / "p.pt"), "--parallel", "0"])
+    assert res.exit_code != 0 and "--parallel" in res.output
 
 
 def test_train_commands_reject_bad_input_with_a_clear_error(tmp_path):
