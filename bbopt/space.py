@@ -69,6 +69,9 @@ class Float:
         lo, hi = self._t(self.low), self._t(self.high)
         return (self._t(v) - lo) / (hi - lo)
 
+    def snap(self, u: np.ndarray) -> np.ndarray:
+        return np.clip(u, 0.0, 1.0)
+
     def decode(self, u: float) -> float:
         if u <= 0.0 or u >= 1.0:  # the bounds exactly, without log/exp rounding
             return self.low if u <= 0.0 else self.high
@@ -117,6 +120,12 @@ class Int:
         lo, hi = self._edges()
         return (self._t(v) - lo) / (hi - lo)
 
+    def snap(self, u: np.ndarray) -> np.ndarray:
+        lo, hi = self._edges()
+        x = lo + np.clip(u, 0.0, 1.0) * (hi - lo)
+        v = np.clip(np.floor((np.exp(x) if self.log else x) + 0.5), self.low, self.high)
+        return ((np.log(v) if self.log else v) - lo) / (hi - lo)
+
     def decode(self, u: float) -> int:
         lo, hi = self._edges()
         x = lo + min(max(u, 0.0), 1.0) * (hi - lo)
@@ -164,6 +173,10 @@ class Categorical:
     def encode(self, v: Scalar) -> float:
         i = next(i for i, c in enumerate(self.choices) if _same(c, v))
         return (i + 0.5) / len(self.choices)
+
+    def snap(self, u: np.ndarray) -> np.ndarray:
+        k = len(self.choices)
+        return (np.clip(np.floor(u * k), 0, k - 1) + 0.5) / k
 
     def decode(self, u: float) -> Scalar:
         k = len(self.choices)
@@ -292,6 +305,22 @@ class Space:
             dx_du = span * params[n] if p.log else span
             out[i] = grad[n] * dx_du
         return out
+
+    @property
+    def continuous(self) -> bool:
+        """True when every parameter is a Float: every point of the cube is its own."""
+        return all(isinstance(p, Float) for p in self.params.values())
+
+    def snap(self, U: np.ndarray) -> np.ndarray:
+        """Points of the unit cube (..., dim) -> the points their params encode to:
+        ``encode(decode(u))`` for many points at once. Points in one integer's or one
+        choice's share of an axis snap to the same coordinate, so an optimizer can see
+        that two proposals, or a proposal and a trial, are the same params."""
+        U = np.asarray(U, dtype=float)
+        if U.shape[-1:] != (self.dim,):
+            raise SpaceError(f"expected points of shape (..., {self.dim}), got {U.shape}")
+        return np.stack([p.snap(U[..., i]) for i, p in enumerate(self.params.values())],
+                        axis=-1)
 
     def decode(self, u: Sequence[float] | np.ndarray) -> dict[str, Any]:
         """Point in the unit cube -> params dict; coordinates outside [0, 1] are clipped."""

@@ -112,6 +112,8 @@ class Study:
         self._encoded: dict[int, tuple[dict[str, Any], np.ndarray]] = {}
         if built is None:  # an existing study, or one that another process created first
             built = make_optimizer(self.method, self.space.dim, record.seed, self._options)
+        if not self.space.continuous:
+            built.snap = self.space.snap
         self._optimizer: Optimizer = built
 
     @staticmethod

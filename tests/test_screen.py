@@ -10,35 +10,25 @@ import torch
 from bbopt.tasks.gp_prior import GPPrior
 
 from bbopt.nets.policy import BBOPolicy, rollout
-from bbopt.nets.screen import LENGTHSCALES, NOISES, log_ei, screen
+from bbopt.nets.screen import JITTER, LENGTHSCALE_PRIOR, GPScreen, log_ei, screen
 
 
-def _matern(a: np.ndarray, b: np.ndarray, ls: float) -> np.ndarray:
-    r = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)) / ls
+def _matern(a: np.ndarray, b: np.ndarray, ls: np.ndarray) -> np.ndarray:
+    r = np.sqrt((((a[:, None, :] - b[None, :, :]) / ls) ** 2).sum(-1))
     s = math.sqrt(5) * r
     return (1 + s + s * s / 3) * np.exp(-s)
 
 
-def _reference(X: np.ndarray, Y: np.ndarray, C: np.ndarray) -> np.ndarray:
-    """Log EI written out with numpy: grid search of the marginal likelihood, then the
-    posterior at the candidates."""
+def _reference(X: np.ndarray, Y: np.ndarray, C: np.ndarray, ls: np.ndarray, noise: float
+               ) -> np.ndarray:
+    """Log EI written out with numpy for given ARD lengthscales and noise."""
     n, d = X.shape
     y = (Y - Y.mean()) / Y.std(ddof=1)
-    best_ll, best = -math.inf, None
-    for ls in LENGTHSCALES:
-        for noise in NOISES:
-            K = _matern(X, X, ls * math.sqrt(d)) + noise * np.eye(n)
-            a = np.linalg.solve(K, y)
-            ll = -0.5 * y @ a - 0.5 * np.linalg.slogdet(K)[1]
-            if ll > best_ll:
-                best_ll, best = ll, (ls * math.sqrt(d), K, a)
-    ls, K, a = best
+    K = _matern(X, X, ls) + (noise + JITTER) * np.eye(n)
     k = _matern(X, C, ls)
-    mean = k.T @ a
-    var = 1 - np.einsum("ij,ij->j", k, np.linalg.solve(K, k))
-    std = np.sqrt(var)
+    mean = k.T @ np.linalg.solve(K, y)
+    std = np.sqrt(1 - np.einsum("ij,ij->j", k, np.linalg.solve(K, k)))
     u = (y.min() - mean) / std
-
     return np.log(std) + np.array([_log_ei_exact(v) for v in u])
 
 
@@ -58,14 +48,57 @@ def test_log_ei_is_the_closed_form_far_into_the_tail():
         assert g == pytest.approx(_log_ei_exact(u), rel=1e-8, abs=1e-10), u
 
 
-def test_screen_matches_a_hand_written_gp():
+def _observed(X: torch.Tensor, Y: torch.Tensor) -> GPScreen:
+    gp = GPScreen(X.shape[0], X.shape[2])
+    for i in range(X.shape[1]):
+        gp.add(X[:, i], Y[:, i])
+    return gp
+
+
+def test_screen_matches_a_hand_written_gp_at_its_hyperparameters():
     rng = np.random.default_rng(0)
     for d in (1, 3):
         X = rng.random((12, d))
         Y = np.sin(6 * X).sum(1) + 0.3 * X[:, 0]
         C = rng.random((20, d))
-        got = screen(torch.tensor(X)[None], torch.tensor(Y)[None], torch.tensor(C)[None])[0]
-        assert np.allclose(got.numpy(), _reference(X, Y, C), rtol=1e-6, atol=1e-6)
+        gp = _observed(torch.tensor(X)[None], torch.tensor(Y)[None])
+        got = gp.log_ei(torch.tensor(C)[None])[0]
+        theta = gp._fit[0][0].numpy()  # the hyperparameters that score candidates
+        want = _reference(X, Y, C, np.exp(theta[:d]), math.exp(theta[d]))
+        assert np.allclose(got.numpy(), want, rtol=1e-6, atol=1e-6)
+
+
+def test_the_likelihood_gradient_is_exact():
+    # The hand-written gradient of the fit against autograd of the same objective.
+    torch.manual_seed(0)
+    B, n, d = 3, 15, 3
+    X, Y = torch.rand(B, n, d, dtype=torch.float64), torch.randn(B, n, dtype=torch.float64)
+    gp = _observed(X, Y)
+    theta = (gp.theta + 0.3 * torch.randn_like(gp.theta)).requires_grad_()
+    Ys = gp._standardized()
+    ls, noise = theta[:, :d].exp(), theta[:, d].exp()
+    r = torch.cdist(X / ls[:, None], X / ls[:, None])
+    s = math.sqrt(5) * r
+    K = (1 + s + s * s / 3) * torch.exp(-s) + (noise + JITTER)[:, None, None] * torch.eye(n)
+    L = torch.linalg.cholesky(K)
+    a = torch.cholesky_solve(Ys[..., None], L)[..., 0]
+    prior = ((theta[:, :d] - gp._prior_mean) ** 2).sum(-1) / (2 * LENGTHSCALE_PRIOR[1] ** 2)
+    nll = 0.5 * (Ys * a).sum(-1) + L.diagonal(dim1=-2, dim2=-1).log().sum(-1) + prior
+    nll.sum().backward()
+    D2 = (X.unsqueeze(2) - X.unsqueeze(1)).square()
+    got = gp._gradient(theta.detach(), D2, Ys)[0]
+    assert torch.allclose(got, theta.grad, rtol=1e-8, atol=1e-10)
+
+
+def test_the_fit_finds_the_relevant_coordinate():
+    # A function of the first of three coordinates: its lengthscale ends far below the
+    # others' (ARD), and the noise stays small for noiseless values.
+    g = torch.Generator().manual_seed(3)
+    X = torch.rand(1, 40, 3, dtype=torch.float64, generator=g)
+    gp = _observed(X, torch.sin(8 * X[..., 0]))
+    ls = gp.theta[0, :3].exp()
+    assert ls[0] < 0.5 * ls[1:].min(), ls
+    assert gp.theta[0, 3].exp() < 1e-2
 
 
 def test_screen_is_scale_free_and_batched():

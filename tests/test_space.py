@@ -147,3 +147,18 @@ def test_json_and_yaml_files(tmp_path):
         Space.load(tmp_path / "bad.json")
     with pytest.raises(SpaceError, match="cannot read"):
         Space.load(tmp_path / "missing.json")
+
+
+def test_snap_is_encode_of_decode_for_many_points():
+    space = Space({"lr": Float(1e-4, 1.0, log=True), "n": Int(1, 9), "m": Int(2, 300, log=True),
+                   "act": Categorical(["relu", "tanh", "gelu"])})
+    U = np.random.default_rng(0).random((200, 4))
+    U[:3] = [[0, 0, 0, 0], [1, 1, 1, 1], [0.5, 0.5, 0.5, 0.5]]
+    got = space.snap(U)
+    want = np.array([space.encode(space.decode(u)) for u in U])
+    assert np.allclose(got, want, atol=1e-12)
+    assert np.allclose(space.snap(got), got, atol=1e-12)  # idempotent
+    assert np.allclose(space.snap(U[None])[0], got)  # any leading shape
+    assert not space.continuous and Space({"a": Float(0, 1)}).continuous
+    with pytest.raises(SpaceError, match="shape"):
+        space.snap(np.zeros((3, 2)))

@@ -87,8 +87,8 @@ def test_two_processes_share_one_sqlite_study(tmp_path, method):
     trials = Study.load("shared", url).trials
     assert len(trials) == 2 * n
     assert all(t.state is TrialState.COMPLETE and t.value == t.params["x"] for t in trials)
-    if method != "gp-ei":  # distinct points, never the same one twice
-        assert len({t.params["x"] for t in trials}) == 2 * n
+    if method != "gp-ei":  # distinct params, never the same trial twice
+        assert len({(t.params["x"], t.params["k"]) for t in trials}) == 2 * n
 
 
 def test_opening_with_conflicting_settings(tmp_path):

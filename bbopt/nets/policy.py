@@ -23,8 +23,10 @@ of values:
   and several proposals from one state are distinct, which is the parallel mode.
 * **GP screen.** ``propose_screened`` draws many proposals from one state and keeps the
   one with the highest expected improvement under a cheap GP of the run's values
-  (``bbopt.nets.screen``), with uniform points as extra candidates. The shipped
-  optimizers propose this way; meta-training samples single draws (``rollout(...,
+  (``bbopt.nets.screen``), with uniform points and perturbations of the incumbent at
+  scales down to 1e-6 as extra candidates. The perturbations are clipped to the cube
+  rather than reflected, so an optimum on a face or corner of the search space (common
+  for smooth functions) can be reached exactly. The shipped optimizers propose this way; meta-training samples single draws (``rollout(...,
   screen=K)`` evaluates, and could train, the screened policy).
 
 Everything in ``RunState`` is batched over ``B`` independent runs of dimension ``d``;
@@ -34,6 +36,7 @@ inference is the same code with ``B = 1``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -41,7 +44,7 @@ import torch
 from torch import nn
 
 from bbopt.nets.base import RecurrentCore, State
-from bbopt.nets.screen import GPScreen
+from bbopt.nets.screen import LOCAL_SCALES, GPScreen
 
 ELITE_FRACTION = 0.2
 _FUNCTION_FEATURES = 7
@@ -205,19 +208,40 @@ class BBOPolicy(nn.Module):
         return x, replace(rs, log_sigma=log_sigma, gate=gate)
 
     def propose_screened(self, rs: RunState, gp: GPScreen, u: torch.Tensor, z: torch.Tensor,
-                         uniform: torch.Tensor, pending: torch.Tensor | None = None
+                         uniform: torch.Tensor, local: torch.Tensor | None = None,
+                         pending: torch.Tensor | None = None,
+                         snap: Callable[[torch.Tensor], torch.Tensor] | None = None
                          ) -> tuple[torch.Tensor, RunState]:
         """One query per run, chosen by the GP screen ``gp`` (``bbopt.nets.screen``,
         holding the same observations as ``rs``) among the policy's draws ``u``, ``z``
-        (B, K, d) and the uniform candidates ``uniform`` (B, K', d); ``pending`` (B, p, d)
-        are queries awaiting values. With fewer than two observations the policy's first
-        draw is the query. Gradients flow through the chosen draw."""
+        (B, K, d), the uniform candidates ``uniform`` (B, K', d) and perturbations of the
+        incumbent by the normal draws ``local`` (B, K'', d), the j-th scaled by
+        ``LOCAL_SCALES[j % 6]`` and clipped to the cube; ``pending`` (B, p, d) are queries
+        awaiting values. ``snap`` maps candidates to the points their params encode to
+        (``Space.snap``, for integer and categorical parameters) before they are scored,
+        so the screen sees what would be evaluated and never repeats a query. With fewer
+        than two observations the policy's first draw is the query. Gradients flow
+        through the chosen draw (without ``snap``)."""
         x, rs = self.propose(rs, u, z)
         if gp.n < 2:
             return x[:, 0], rs
-        cands = torch.cat([x, uniform.to(x.dtype)], dim=1)
+        cands = [x, uniform.to(x.dtype)]
+        if local is not None and local.shape[1]:
+            scales = torch.tensor(LOCAL_SCALES, dtype=x.dtype, device=x.device)
+            scales = scales.repeat(-(-local.shape[1] // len(LOCAL_SCALES)))[:local.shape[1]]
+            cands.append((rs.best_x.detach().unsqueeze(1)
+                          + scales[:, None] * local.to(x.dtype)).clamp(0.0, 1.0))
+        cands = torch.cat(cands, dim=1)
+        if snap is not None:
+            cands = snap(cands)
         pick = gp.log_ei(cands, pending).argmax(dim=1)
         return cands[torch.arange(rs.batch, device=x.device), pick], rs
+
+
+def local_candidates(screen: int) -> int:
+    """How many local candidates go with ``screen`` policy draws: four per scale of
+    ``LOCAL_SCALES`` at the default 32, in proportion otherwise."""
+    return 0 if screen <= 0 else max(len(LOCAL_SCALES), round(0.75 * screen))
 
 
 def rollout(policy: BBOPolicy, fn: Any, horizon: int, *, parallel: int = 1,
@@ -229,8 +253,9 @@ def rollout(policy: BBOPolicy, fn: Any, horizon: int, *, parallel: int = 1,
     ``device``, ``dtype``, e.g. ``tasks.gp_prior.GPFunctions``). ``parallel``: queries are
     made in rounds of this many before their values are seen (simulated delays); the
     values of a round are ingested one by one when it completes. ``screen``: when
-    positive, each query is the GP screen's pick among this many policy draws and as many
-    uniform points (``BBOPolicy.propose_screened``), the round's earlier queries pending.
+    positive, each query is the GP screen's pick among this many policy draws, as many
+    uniform points and ``local_candidates(screen)`` perturbations of the incumbent
+    (``BBOPolicy.propose_screened``), the round's earlier queries pending.
     Returns the queries (B, T, d) and their values (B, T), differentiable with respect to
     the policy.
     """
@@ -240,6 +265,7 @@ def rollout(policy: BBOPolicy, fn: Any, horizon: int, *, parallel: int = 1,
     dev, dt = fn.device, fn.dtype
     rs = policy.init(B, d, dev, dt)
     gp = GPScreen(B, d, dev) if screen else None
+    n_local = local_candidates(screen)
     xs: list[torch.Tensor] = []
     ys: list[torch.Tensor] = []
     for t in range(horizon):
@@ -250,10 +276,11 @@ def rollout(policy: BBOPolicy, fn: Any, horizon: int, *, parallel: int = 1,
                     gp.add(xs[j], ys[j])
         if gp is not None:
             u = torch.rand(B, 2 * screen, d, generator=generator, device=dev, dtype=dt)
-            z = torch.randn(B, screen, d, generator=generator, device=dev, dtype=dt)
+            z = torch.randn(B, screen + n_local, d, generator=generator, device=dev, dtype=dt)
             start = t - t % parallel
             pending = torch.stack(xs[start:], dim=1) if start < t else None
-            x, rs = policy.propose_screened(rs, gp, u[:, :screen], z, u[:, screen:], pending)
+            x, rs = policy.propose_screened(rs, gp, u[:, :screen], z[:, :screen],
+                                            u[:, screen:], z[:, screen:], pending)
         else:
             u = torch.rand(B, d, generator=generator, device=dev, dtype=dt)
             z = torch.randn(B, d, generator=generator, device=dev, dtype=dt)

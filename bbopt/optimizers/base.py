@@ -56,6 +56,10 @@ class Optimizer(ABC):
 
     #: True for methods that need ``tell(..., grad=...)``.
     needs_gradient: ClassVar[bool] = False
+    #: Set by the study when its space has integer or categorical parameters:
+    #: ``Space.snap``, mapping points (..., dim) to the points their params encode to,
+    #: for optimizers that score candidates (so none repeats a trial's params).
+    snap: Callable[[np.ndarray], np.ndarray] | None = None
 
     def __init__(self, dim: int, seed: int = 0, **options: Any) -> None:
         if options:

@@ -18,15 +18,19 @@ order), it replays the history from the start.
   basin. The study's best trial is the best over all episodes. Tested on 500-trial studies
   against random search.
 * GP screen (``screen``, default 32): each proposal is the pick, by expected improvement
-  under the cheap GP of ``bbopt.nets.screen`` fitted to the episode's trials, among
-  ``screen`` draws from the policy and as many uniform points; ``screen=0`` takes the
-  policy's own draw. The GP grows by one Cholesky row per new observation, like the
+  under the cheap GP of ``bbopt.nets.screen`` fitted to the episode's trials (ARD
+  Matern-5/2), among ``screen`` draws from the policy, as many uniform points and 24
+  perturbations of the incumbent at scales 1e-1 .. 1e-6, clipped to the cube (so optima
+  on its faces are reached exactly); ``screen=0`` takes the policy's own draw. The GP's
+  hyperparameters move by one marginal-likelihood step per new observation, like the
   policy's recurrent state.
 * Parallel asks: ``ask(n)`` draws ``n`` proposals from the same state with independent
   noise, so they are distinct; the screen treats pending trials (other workers' and the
   ask's earlier proposals) as observed at the GP's mean, so it does not pick next to
   them again.
-* Int and Categorical parameters work through the space encoding.
+* Int and Categorical parameters work through the space encoding; the screen scores
+  candidates at the points their params encode to (``Optimizer.snap``), so a proposal
+  never repeats a trial's params while other candidates remain.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bbopt.nets.policy import local_candidates
 from bbopt.nets.screen import GPScreen
 from bbopt.optimizers.base import History, Optimizer, register
 from bbopt.optimizers.random import sobol_points
@@ -47,7 +52,8 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
 #: Default GP screen size: each proposal is the screen's pick among this many policy
-#: draws and as many uniform points (``bbopt.nets.screen``); 0 takes the policy's draw.
+#: draws, as many uniform points and ``local_candidates(SCREEN)`` perturbations of the
+#: incumbent (``bbopt.nets.screen``); 0 takes the policy's draw.
 SCREEN = 32
 
 _POLICIES: dict[tuple[str, int, str], tuple[Any, dict[str, Any]]] = {}
@@ -132,18 +138,22 @@ class _PolicyOptimizer(Optimizer):
                 z = torch.randn(n, d, generator=g).to(dev)
                 xs = [self.policy.propose(rs, u0[i:i + 1], z[i:i + 1])[0] for i in range(n)]
                 return torch.cat(xs).double().clamp(0.0, 1.0).cpu().numpy()
-            k = self.screen
-            pending = torch.as_tensor(history.pending, dtype=torch.float32,
+            k, n_local = self.screen, local_candidates(self.screen)
+            pending = torch.as_tensor(history.pending, dtype=torch.float64,
                                       device=dev).reshape(1, -1, d)
+            snap = None
+            if self.snap is not None:
+                def snap(c: torch.Tensor) -> torch.Tensor:  # float64: exact cell points
+                    return torch.from_numpy(self.snap(c.double().cpu().numpy())).to(dev)
             xs = []
             for i in range(n):
                 u = torch.rand(1, 2 * k, d, generator=g).to(dev)
                 u[0, 0] = u0[i]
-                z = torch.randn(1, k, d, generator=g).to(dev)
-                x, _ = self.policy.propose_screened(rs, self._gp, u[:, :k], z, u[:, k:],
-                                                    pending)
+                z = torch.randn(1, k + n_local, d, generator=g).to(dev)
+                x, _ = self.policy.propose_screened(rs, self._gp, u[:, :k], z[:, :k],
+                                                    u[:, k:], z[:, k:], pending, snap)
                 xs.append(x)
-                pending = torch.cat([pending, x.unsqueeze(1)], dim=1)
+                pending = torch.cat([pending, x.double().unsqueeze(1)], dim=1)
         return torch.cat(xs).double().clamp(0.0, 1.0).cpu().numpy()
 
 
