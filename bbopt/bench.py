@@ -31,7 +31,9 @@ from typing import Any
 
 import numpy as np
 
-LATENCY_AT = (10, 50, 100)
+#: Observations at which an ask is timed. 99 as well as 100: the learned methods start a
+#: new episode at their training horizon (100), so at 99 they pay for a full history.
+LATENCY_AT = (10, 50, 99, 100)
 REFERENCE = "random"
 REGRET_FLOOR = 1e-12
 
