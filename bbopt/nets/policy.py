@@ -26,8 +26,9 @@ of values:
   (``bbopt.nets.screen``), with uniform points and perturbations of the incumbent at
   scales down to 1e-6 as extra candidates. The perturbations are clipped to the cube
   rather than reflected, so an optimum on a face or corner of the search space (common
-  for smooth functions) can be reached exactly. The shipped optimizers propose this way; meta-training samples single draws (``rollout(...,
-  screen=K)`` evaluates, and could train, the screened policy).
+  for smooth functions) can be reached exactly. The shipped optimizers propose this
+  way; meta-training samples single draws (``rollout(..., screen=K)`` evaluates, and
+  could train, the screened policy).
 
 Everything in ``RunState`` is batched over ``B`` independent runs of dimension ``d``;
 inference is the same code with ``B = 1``.

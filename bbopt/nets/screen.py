@@ -9,8 +9,9 @@ Bayesian optimization's cost. The GP is kept cheap:
   values standardized within the run, under a weak log-normal prior on the lengthscales;
 * no fitting from scratch: each new observation moves the hyperparameters by an Adam
   step (``FIT_STEPS``) on the log marginal likelihood (exact gradients written out, one
-  Cholesky factorization per step, Adam's moments carried from one observation to the next), so
-  they track the data as it grows; the last step's factorization scores the candidates;
+  Cholesky factorization per step, Adam's moments carried from one observation to the
+  next), so they track the data as it grows; the last step's factorization scores the
+  candidates;
 * EI evaluated only at the candidates (no acquisition optimization).
 
 Everything is batched over runs. The state after ``n`` observations depends only on them
