@@ -274,6 +274,16 @@ def test_train_l2l_and_bench_gradient_commands(tmp_path):
     assert res.exit_code == 0, res.output
     text = (tmp_path / "B.md").read_text()
     assert "**quadratic**" in text and "| fista |" in text and "lstm / tuned adam" in text
+    assert "| problems where lstm < tuned adam |" in text
+    # other settings: the cached runs are not mixed in, every run is made again
+    res = runner.invoke(main, ["bench-gradient", "--families", "quadratic",
+                               "--steps", "100", "--seeds", "1", "--problems", "3",
+                               "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "0 runs cached" in res.output and "with other --problems or --steps ignored" in res.output
+    summary = json.loads((out / "summary.json").read_text())
+    share = summary["families"]["quadratic"]["lstm"]["100"]["beats_adam"]
+    assert share in (0, 1 / 3, 2 / 3, 1)
     res = runner.invoke(main, ["bench-gradient", "--families", "resnet"])
     assert res.exit_code != 0 and "unknown families" in res.output
 
