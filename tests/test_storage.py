@@ -232,3 +232,30 @@ def test_a_store_from_before_heartbeats_gets_the_column(store_url):
     trial = study.ask(heartbeat=True)
     assert study.heartbeat(trial) == []
     assert len(Study.load(name, store_url).trials) == 2
+
+
+def test_trials_kept_by_one_store_follow_changes_made_by_another(store_url):
+    """A store keeps the finished trials it has read; what another store (process) tells,
+    deletes or makes again must still show, and a caller changing its copy changes
+    nothing."""
+    name = f"cache-{time.monotonic_ns()}"
+    a = Study(SPACE, method="random", seed=0, storage=store_url, name=name)
+    b = Study.load(name, store_url)  # its own SQLStorage, as another process has
+    t0, t1 = a.ask(2)
+    a.tell(t0, 1.0)
+    assert [t.state for t in b.trials] == [TrialState.COMPLETE, TrialState.PENDING]
+    b.tell(t1, 2.0)  # told elsewhere: a re-reads its pending trial
+    assert [t.value for t in a.trials] == [1.0, 2.0]
+    mine = a.trials
+    mine[0].params["x"] = -1.0
+    mine[0].info["mine"] = True
+    assert a.trials[0].params == t0.params and a.trials[0].info == {}
+    assert a.best_trial.params == t0.params
+    # Deleted and made again by another store: a reads the new trials, not its old ones
+    # (SQLite may hand the new study and its rows the ids the old ones had).
+    b._storage.delete_study(name)
+    c = Study(SPACE, method="random", seed=1, storage=store_url, name=name)
+    t = c.ask()
+    c.tell(t, 5.0)
+    fresh = a._storage.trials(c._record.id)
+    assert [(x.params, x.value) for x in fresh] == [(t.params, 5.0)]

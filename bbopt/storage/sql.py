@@ -9,14 +9,14 @@ same trial, and a told value is committed before ``tell`` returns.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -88,12 +88,14 @@ def _sqlite_file(url: sa.URL) -> Path | None:
     return Path(db)
 
 
-@lru_cache(maxsize=1 << 16)
-def _parsed_params(text: str) -> tuple[tuple[str, Any], ...]:
-    """A trial's stored params, parsed once: every ask reads all of a study's trials, and
-    decoding their JSON again each time was most of an ask's cost at 100 trials. Params
-    are flat (names to numbers or strings), so the items are immutable."""
-    return tuple(json.loads(text).items())
+#: At most this many trials are read by primary key in one query (SQLite allows 32766
+#: bound variables, older builds 999); more new rows and the whole study is read.
+_IN_LIMIT = 900
+
+
+def _copy(trial: Trial) -> Trial:
+    return replace(trial, params=dict(trial.params),
+                   info=copy.deepcopy(trial.info) if trial.info else {})
 
 
 class SQLStorage:
@@ -118,6 +120,8 @@ class SQLStorage:
             if not path.parent.exists():
                 raise StorageError(f"folder {str(path.parent)!r} for the database does not exist")
         self._lock = threading.RLock()  # one in-process writer at a time (in-memory SQLite)
+        # study id -> primary key -> (creation stamp, trial) of the finished trials read
+        self._finished: dict[int, dict[int, tuple[Any, Trial]]] = {}
         self.engine = self._make_engine(parsed)
         try:
             with self._read() as conn:  # creating takes the write lock: only when needed
@@ -253,13 +257,14 @@ class SQLStorage:
         with self._transaction(record.id) as conn:
             conn.execute(trials_table.delete().where(trials_table.c.study_id == record.id))
             conn.execute(studies_table.delete().where(studies_table.c.id == record.id))
+        self._finished.pop(record.id, None)
 
     # -- trials ---------------------------------------------------------------------
     @staticmethod
     def _trial(row: Any) -> Trial:
         return Trial(
             id=row.number,
-            params=dict(_parsed_params(row.params)),
+            params=json.loads(row.params),
             state=TrialState(row.state),
             value=row.value,
             created_at=row.created_at,
@@ -268,16 +273,41 @@ class SQLStorage:
         )
 
     def _trials(self, conn: Connection, study_id: int) -> list[Trial]:
-        rows = conn.execute(
-            sa.select(trials_table)
-            .where(trials_table.c.study_id == study_id)
-            .order_by(trials_table.c.number)
-        )
-        return [self._trial(r) for r in rows]
+        """The study's trials in id order. A finished trial never changes, so this process
+        keeps the ones it has read (shared objects: callers outside this class get copies,
+        see ``trials``) and reads in full only the rows it has not seen finished: building
+        every row again was most of an ask's cost at 100 trials. A row is known by its
+        primary key and creation stamp, so a study deleted and made again elsewhere (which
+        may reuse both ids) is read afresh."""
+        c = trials_table.c
+        index = conn.execute(
+            sa.select(c.pk, c.state, sa.type_coerce(c.created_at, sa.String).label("stamp"))
+            .where(c.study_id == study_id)
+            .order_by(c.number)
+        ).all()
+        known = self._finished.setdefault(study_id, {})
+        new = [r.pk for r in index
+               if r.state == TrialState.PENDING.value or known.get(r.pk, (None,))[0] != r.stamp]
+        fresh: dict[int, Trial] = {}
+        if new:
+            query = sa.select(trials_table).where(c.study_id == study_id)
+            if len(new) <= _IN_LIMIT:  # else one scan of the study beats a huge IN (...)
+                query = query.where(c.pk.in_(new))
+            fresh = {r.pk: self._trial(r) for r in conn.execute(query)}
+        out = []
+        for r in index:
+            trial = fresh.get(r.pk)
+            if trial is None:
+                trial = known[r.pk][1]
+            elif trial.state is not TrialState.PENDING:
+                known[r.pk] = (r.stamp, trial)
+            out.append(trial)
+        return out
 
     def trials(self, study_id: int) -> list[Trial]:
+        """The study's trials in id order, each a copy the caller may change."""
         with self._read() as conn:
-            return self._trials(conn, study_id)
+            return [_copy(t) for t in self._trials(conn, study_id)]
 
     def _insert(
         self, conn: Connection, study_id: int, number: int, params: dict[str, Any], **cols: Any
@@ -467,4 +497,4 @@ class SQLStorage:
                                  "imported into an empty study only")
             if rows:
                 conn.execute(trials_table.insert(), rows)
-            return self._trials(conn, study_id)
+            return [_copy(t) for t in self._trials(conn, study_id)]
