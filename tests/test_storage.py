@@ -242,10 +242,13 @@ def test_trials_kept_by_one_store_follow_changes_made_by_another(store_url):
     a = Study(SPACE, method="random", seed=0, storage=store_url, name=name)
     b = Study.load(name, store_url)  # its own SQLStorage, as another process has
     t0, t1 = a.ask(2)
+    assert b.trials == [t0, t1]  # what ask returns is what is stored
     a.tell(t0, 1.0)
     assert [t.state for t in b.trials] == [TrialState.COMPLETE, TrialState.PENDING]
     b.tell(t1, 2.0)  # told elsewhere: a re-reads its pending trial
     assert [t.value for t in a.trials] == [1.0, 2.0]
+    added = a.add({"x": 0.25, "k": 2}, 3.0)
+    assert b.trials[-1] == added
     mine = a.trials
     mine[0].params["x"] = -1.0
     mine[0].info["mine"] = True

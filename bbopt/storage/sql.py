@@ -309,18 +309,17 @@ class SQLStorage:
         with self._read() as conn:
             return [_copy(t) for t in self._trials(conn, study_id)]
 
-    def _insert(
-        self, conn: Connection, study_id: int, number: int, params: dict[str, Any], **cols: Any
-    ) -> None:
-        conn.execute(
-            trials_table.insert().values(
-                study_id=study_id,
-                number=number,
-                params=json.dumps(params),
-                created_at=_now(),
-                **{"state": TrialState.PENDING.value, "info": "{}", **cols},
-            )
-        )
+    def _insert(self, conn: Connection, study_id: int, number: int, params: dict[str, Any],
+                state: TrialState = TrialState.PENDING, value: float | None = None,
+                info: dict[str, Any] | None = None, **cols: Any) -> Trial:
+        """Store one trial; returns it as a later read will (no second round trip)."""
+        text, info_text, now = json.dumps(params), json.dumps(info or {}), _now()
+        conn.execute(trials_table.insert().values(
+            study_id=study_id, number=number, params=text, state=state.value, value=value,
+            info=info_text, created_at=now, **cols))
+        return Trial(id=number, params=json.loads(text), state=state, value=value,
+                     created_at=now, finished_at=cols.get("finished_at"),
+                     info=json.loads(info_text))
 
     def ask(
         self,
@@ -336,20 +335,12 @@ class SQLStorage:
             proposals = propose(history)
             start = len(history)
             beat = {"heartbeat_at": _now()} if heartbeat else {}
+            new = []
             for i, (params, info) in enumerate(proposals):
                 if heartbeat:
                     info = {**info, "heartbeat": True}  # others may wait for it (tune)
-                self._insert(conn, study_id, start + i, params, info=json.dumps(info), **beat)
-            new = self._trials_from(conn, study_id, start)
+                new.append(self._insert(conn, study_id, start + i, params, info=info, **beat))
         return new
-
-    def _trials_from(self, conn: Connection, study_id: int, start: int) -> list[Trial]:
-        rows = conn.execute(
-            sa.select(trials_table)
-            .where(trials_table.c.study_id == study_id, trials_table.c.number >= start)
-            .order_by(trials_table.c.number)
-        )
-        return [self._trial(r) for r in rows]
 
     def add(
         self,
@@ -364,17 +355,8 @@ class SQLStorage:
             number = conn.execute(
                 sa.select(sa.func.count()).where(trials_table.c.study_id == study_id)
             ).scalar_one()
-            self._insert(
-                conn,
-                study_id,
-                number,
-                params,
-                state=state.value,
-                value=value,
-                info=json.dumps(info),
-                finished_at=_now(),
-            )
-            return self._trials_from(conn, study_id, number)[0]
+            return self._insert(conn, study_id, number, params, state=state, value=value,
+                                info=info, finished_at=_now())
 
     def finish(
         self,
