@@ -88,11 +88,6 @@ def _sqlite_file(url: sa.URL) -> Path | None:
     return Path(db)
 
 
-#: At most this many trials are read by primary key in one query (SQLite allows 32766
-#: bound variables, older builds 999); more new rows and the whole study is read.
-_IN_LIMIT = 900
-
-
 def _copy(trial: Trial) -> Trial:
     return replace(trial, params=dict(trial.params),
                    info=copy.deepcopy(trial.info) if trial.info else {})
@@ -120,8 +115,8 @@ class SQLStorage:
             if not path.parent.exists():
                 raise StorageError(f"folder {str(path.parent)!r} for the database does not exist")
         self._lock = threading.RLock()  # one in-process writer at a time (in-memory SQLite)
-        # study id -> primary key -> (creation stamp, trial) of the finished trials read
-        self._finished: dict[int, dict[int, tuple[Any, Trial]]] = {}
+        # study id -> (primary key of trial 0, the leading finished trials read; see _trials)
+        self._finished: dict[int, tuple[int, list[Trial]]] = {}
         self.engine = self._make_engine(parsed)
         try:
             with self._read() as conn:  # creating takes the write lock: only when needed
@@ -274,34 +269,28 @@ class SQLStorage:
 
     def _trials(self, conn: Connection, study_id: int) -> list[Trial]:
         """The study's trials in id order. A finished trial never changes, so this process
-        keeps the ones it has read (shared objects: callers outside this class get copies,
-        see ``trials``) and reads in full only the rows it has not seen finished: building
-        every row again was most of an ask's cost at 100 trials. A row is known by its
-        primary key and creation stamp, so a study deleted and made again elsewhere (which
-        may reuse both ids) is read afresh."""
+        keeps the leading run of finished trials it has read (shared objects: callers
+        outside this class get copies, see ``trials``) and reads only the rows after it:
+        building every row again was most of an ask's cost at 100 trials. Rows are only
+        ever deleted with their study, so the first row, read again each time and known
+        by its primary key and creation time, tells whether the study was deleted and
+        made again elsewhere (which may reuse both ids): then everything is read afresh."""
         c = trials_table.c
-        index = conn.execute(
-            sa.select(c.pk, c.state, sa.type_coerce(c.created_at, sa.String).label("stamp"))
-            .where(c.study_id == study_id)
+        pk0, kept = self._finished.get(study_id, (None, []))
+        rows = conn.execute(
+            sa.select(trials_table)
+            .where(c.study_id == study_id, (c.number >= len(kept)) | (c.number == 0))
             .order_by(c.number)
         ).all()
-        known = self._finished.setdefault(study_id, {})
-        new = [r.pk for r in index
-               if r.state == TrialState.PENDING.value or known.get(r.pk, (None,))[0] != r.stamp]
-        fresh: dict[int, Trial] = {}
-        if new:
-            query = sa.select(trials_table).where(c.study_id == study_id)
-            if len(new) <= _IN_LIMIT:  # else one scan of the study beats a huge IN (...)
-                query = query.where(c.pk.in_(new))
-            fresh = {r.pk: self._trial(r) for r in conn.execute(query)}
-        out = []
-        for r in index:
-            trial = fresh.get(r.pk)
-            if trial is None:
-                trial = known[r.pk][1]
-            elif trial.state is not TrialState.PENDING:
-                known[r.pk] = (r.stamp, trial)
-            out.append(trial)
+        if kept and (not rows or (rows[0].pk, rows[0].created_at) != (pk0, kept[0].created_at)):
+            self._finished.pop(study_id)
+            return self._trials(conn, study_id)
+        known = len(kept)
+        out = kept + [self._trial(r) for r in rows if r.number >= known]
+        while len(kept) < len(out) and out[len(kept)].state is not TrialState.PENDING:
+            kept.append(out[len(kept)])  # the leading run of finished trials grows
+        if kept:
+            self._finished[study_id] = (rows[0].pk, kept)
         return out
 
     def trials(self, study_id: int) -> list[Trial]:
