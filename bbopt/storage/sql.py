@@ -88,6 +88,15 @@ def _sqlite_file(url: sa.URL) -> Path | None:
     return Path(db)
 
 
+# Statements of every ask, built once so that SQLAlchemy compiles them once per process.
+_INSERT_TRIAL = trials_table.insert()
+_READ_TAIL = (  # trial 0 and the trials from number `known` on
+    sa.select(trials_table)
+    .where(trials_table.c.study_id == sa.bindparam("study"),
+           (trials_table.c.number >= sa.bindparam("known")) | (trials_table.c.number == 0))
+    .order_by(trials_table.c.number))
+
+
 def _copy(trial: Trial) -> Trial:
     return replace(trial, params=dict(trial.params),
                    info=copy.deepcopy(trial.info) if trial.info else {})
@@ -275,13 +284,8 @@ class SQLStorage:
         ever deleted with their study, so the first row, read again each time and known
         by its primary key and creation time, tells whether the study was deleted and
         made again elsewhere (which may reuse both ids): then everything is read afresh."""
-        c = trials_table.c
         pk0, kept = self._finished.get(study_id, (None, []))
-        rows = conn.execute(
-            sa.select(trials_table)
-            .where(c.study_id == study_id, (c.number >= len(kept)) | (c.number == 0))
-            .order_by(c.number)
-        ).all()
+        rows = conn.execute(_READ_TAIL, {"study": study_id, "known": len(kept)}).all()
         if kept and (not rows or (rows[0].pk, rows[0].created_at) != (pk0, kept[0].created_at)):
             self._finished.pop(study_id)
             return self._trials(conn, study_id)
@@ -303,9 +307,10 @@ class SQLStorage:
                 info: dict[str, Any] | None = None, **cols: Any) -> Trial:
         """Store one trial; returns it as a later read will (no second round trip)."""
         text, info_text, now = json.dumps(params), json.dumps(info or {}), _now()
-        conn.execute(trials_table.insert().values(
-            study_id=study_id, number=number, params=text, state=state.value, value=value,
-            info=info_text, created_at=now, **cols))
+        conn.execute(_INSERT_TRIAL, {
+            "study_id": study_id, "number": number, "params": text, "state": state.value,
+            "value": value, "info": info_text, "created_at": now, "finished_at": None,
+            "heartbeat_at": None, **cols})
         return Trial(id=number, params=json.loads(text), state=state, value=value,
                      created_at=now, finished_at=cols.get("finished_at"),
                      info=json.loads(info_text))
