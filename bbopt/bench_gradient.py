@@ -82,7 +82,8 @@ def run_one(family: str, method: str, lr: float | None, seed: int, problems: int
     else:
         losses = run_optimizer(_make(method, lr), problem, steps, record)
     return {"family": family, "method": method, "lr": lr, "seed": seed,
-            "problems": problems, "steps": steps, "losses": {str(t): [float(v) if math.isfinite(v) else None
+            "problems": problems, "steps": steps,
+            "losses": {str(t): [float(v) if math.isfinite(v) else None
                                 for v in losses[t].tolist()] for t in record}}
 
 
