@@ -423,12 +423,14 @@ class GPFunctions:
 HELD_OUT_SEED = 777_000_000
 
 
-def _register_held_out(dim: int) -> None:
-    from bbopt.tasks.base import Task, register
+def _held_out(dim: int, index: int = 0) -> Any:
+    """Held-out sample ``index`` in ``dim`` dimensions: task ``gp{dim}`` for index 0 (the
+    one-function suite), ``gp{dim}-{index}`` for the others."""
+    from bbopt.tasks.base import Task
 
     from bbopt.space import Float, Space
 
-    g = torch.Generator().manual_seed(HELD_OUT_SEED + dim)
+    g = torch.Generator().manual_seed(HELD_OUT_SEED + 1000 * index + dim)
     fn = GPPrior(kernel="mixed").sample(1, dim, generator=g, dtype=torch.float64)
     _, f_min = fn.minimum(n_candidates=16384, refine_steps=200, n_starts=16, generator=g)
     names = [f"x{i}" for i in range(dim)]
@@ -437,11 +439,21 @@ def _register_held_out(dim: int) -> None:
         x = torch.tensor([[float(params[n]) for n in names]], dtype=torch.float64)
         return float(fn(x))
 
-    register(Task(f"gp{dim}", Space({n: Float(0.0, 1.0) for n in names}), value,
-                  optimum=float(f_min),
-                  description=f"a held-out {dim}-D GP-prior sample (kernel {fn.kernels[0]}), "
-                              "never trained on"))
+    return Task(f"gp{dim}" + (f"-{index}" if index else ""),
+                Space({n: Float(0.0, 1.0) for n in names}), value, optimum=float(f_min),
+                description=f"a held-out {dim}-D GP-prior sample (kernel {fn.kernels[0]}), "
+                            "never trained on")
 
 
-for _d in (2, 4, 8):
-    _register_held_out(_d)
+def _register_held_out() -> None:
+    from functools import partial
+
+    from bbopt.tasks.base import register_lazy
+
+    for dim in (2, 4, 8):
+        for index in range(4):
+            register_lazy(f"gp{dim}" + (f"-{index}" if index else ""),
+                          partial(_held_out, dim, index))
+
+
+_register_held_out()

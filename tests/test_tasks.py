@@ -150,3 +150,16 @@ def test_digits_mlp_value_and_deterministic(one_thread):
     torch.rand(3)
     assert math.isfinite(first) and 0.0 <= first <= 0.5  # 10 classes: chance is 0.9
     assert task(params) == first
+
+
+def test_the_wider_gp_prior_suite_is_made_on_lookup():
+    names = base.SUITES["gp-prior-4"]
+    assert len(names) == 12 and {"gp2", "gp4", "gp8", "gp4-2"} <= set(names)
+    assert set(names) <= set(task_names())
+    task = get_task("gp4-2")  # made now: a held-out sample of its own, with its optimum
+    assert task.name == "gp4-2" and task.space.dim == 4 and "gp4-2" in base._REGISTRY
+    assert task.optimum < task({f"x{i}": 0.5 for i in range(4)})
+    assert task(dict.fromkeys(task.space.names, 0.5)) != get_task("gp4")(
+        dict.fromkeys(task.space.names, 0.5))
+    with pytest.raises(ValueError, match="unknown task 'gp4-9'"):
+        get_task("gp4-9")
