@@ -15,6 +15,7 @@ import click
 
 from bbopt.errors import BBOptError, TrialError
 from bbopt.study import Study
+from bbopt.tasks.base import SUITES
 from bbopt.trial import Trial, TrialState
 
 DEFAULT_STORAGE = "sqlite:///bbopt.db"
@@ -461,7 +462,7 @@ def plot(name: str, storage: str, output: str) -> None:
 # -- benchmarks --------------------------------------------------------------------------------
 @main.command()
 @click.option("--suite", default="synthetic", show_default=True,
-              help="Task suite: synthetic, quick, hpo.")
+              help=f"Task suite: {', '.join(SUITES)}.")
 @click.option("--tasks", "task_list", default=None, help="Comma-separated tasks (overrides suite).")
 @click.option("--methods", default="random,gp-ei,optuna-tpe,optuna-gp,cma-es", show_default=True)
 @click.option("--budget", type=click.IntRange(min=2), default=100, show_default=True)
