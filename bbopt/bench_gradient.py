@@ -8,11 +8,13 @@ best one *for that task and that step* (the median over problems decides), which
 them; the learned optimizer (``lstm``: ``bbopt.LSTMOptimizer`` with its shipped weights
 and default settings) and the learning-rate memory (``lr-memory``: a fresh
 ``bbopt.LRMemory`` with its default settings) get no tuning. The sparse-regression tasks
-add ISTA and FISTA. Finished runs go to ``OUT/runs.jsonl``; a re-run skips them.
+add ISTA and FISTA. Finished runs go to ``OUT/runs.jsonl``; a re-run skips them unless
+they were made with other settings or, for ``lstm``, other weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -62,6 +64,20 @@ def _make(method: str, lr: float | None) -> Callable[[list[Any]], Any]:
     raise ValueError(f"unknown method {method!r}")
 
 
+def weights_id(method: str) -> str | None:
+    """A learned method's weights by content (a digest of the file), so that cached runs
+    made with weights since replaced are not reused; None for the other methods."""
+    if method == "lstm":
+        from bbopt.optimizers.l2l import DEFAULT_WEIGHTS
+
+        path: Path = DEFAULT_WEIGHTS
+    elif method.startswith("lstm:"):
+        path = Path(method[len("lstm:"):])
+    else:
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
 def run_one(family: str, method: str, lr: float | None, seed: int, problems: int,
             steps: int) -> dict[str, Any]:
     """One method on one seed's batch of problems; the (problems,) losses at RECORD."""
@@ -82,7 +98,7 @@ def run_one(family: str, method: str, lr: float | None, seed: int, problems: int
     else:
         losses = run_optimizer(_make(method, lr), problem, steps, record)
     return {"family": family, "method": method, "lr": lr, "seed": seed,
-            "problems": problems, "steps": steps,
+            "problems": problems, "steps": steps, "weights": weights_id(method),
             "losses": {str(t): [float(v) if math.isfinite(v) else None
                                 for v in losses[t].tolist()] for t in record}}
 
@@ -115,22 +131,26 @@ def benchmark_gradient(families: Sequence[str], seeds: int, problems: int, steps
     ``lstm:PATH``), write ``OUT/table.md`` and ``OUT/summary.json``, return the summary.
 
     Finished runs are kept in ``OUT/runs.jsonl`` and reused by a later call with the same
-    ``problems`` and ``steps``; runs made with other settings are ignored, not mixed in."""
+    ``problems`` and ``steps`` (and for a learned method, the same weights); runs made
+    otherwise are ignored, not mixed in."""
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "runs.jsonl"
     done: dict[str, dict[str, Any]] = {}
     stale = 0
+    ids = {m: weights_id(m) for m in _untuned(weights)}
     if cache.exists():
         for line in cache.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                if (r.get("problems"), r.get("steps")) != (problems, steps):
+                if ((r.get("problems"), r.get("steps")) != (problems, steps)
+                        or (r["method"] in ids and r.get("weights") != ids[r["method"]])):
                     stale += 1
                     continue
                 done[_key(r["family"], r["method"], r["lr"], r["seed"])] = r
     todo = [r for r in plan(families, seeds, weights) if _key(*r) not in done]
-    log(f"{len(done)} runs cached, {len(todo)} to run"
-        + (f" ({stale} cached runs with other --problems or --steps ignored)" if stale else ""))
+    log(f"{len(done)} runs cached, {len(todo)} to run" + (
+        f" ({stale} cached runs with other --problems, --steps or weights ignored)"
+        if stale else ""))
     with open(cache, "a") as f:
         def keep(r: dict[str, Any]) -> None:
             done[_key(r["family"], r["method"], r["lr"], r["seed"])] = r

@@ -1,0 +1,32 @@
+"""The gradient benchmark's cache: runs are reused only when made the same way."""
+
+import torch
+
+from bbopt.bench_gradient import benchmark_gradient, plan
+from bbopt.nets.l2l import L2LNet
+from bbopt.optimizers.l2l import save_l2l
+
+
+def test_cached_runs_of_replaced_weights_are_made_again(tmp_path):
+    weights = tmp_path / "w.pt"
+    save_l2l(weights, L2LNet(hidden=4, layers=1), {})
+    out, logs = tmp_path / "bench", []
+    args = dict(families=["quadratic"], seeds=1, problems=2, steps=5, out=out,
+                log=logs.append, weights=[str(weights)])
+    first = benchmark_gradient(**args)
+    n = len(plan(["quadratic"], 1, [str(weights)]))
+    assert logs[0] == f"0 runs cached, {n} to run"
+    logs.clear()
+    benchmark_gradient(**args)
+    assert logs == [f"{n} runs cached, 0 to run"]
+    torch.manual_seed(1)  # other weights in the same file: only its runs are made again
+    save_l2l(weights, L2LNet(hidden=4, layers=1, lr=0.1), {})
+    logs.clear()
+    again = benchmark_gradient(**args)
+    assert logs[0] == (f"{n - 1} runs cached, 1 to run (1 cached runs with other "
+                       "--problems, --steps or weights ignored)")
+    name = f"lstm:{weights}"
+    before = first["families"]["quadratic"][name]["5"]["median"]
+    after = again["families"]["quadratic"][name]["5"]["median"]
+    assert after != before
+    assert again["families"]["quadratic"]["adam"] == first["families"]["quadratic"]["adam"]
