@@ -150,7 +150,7 @@ class GPScreen:
         dNLL/dK = (K^-1 - a a^T) / 2."""
         d = self.dim
         inv_ls2, noise = torch.exp(-2 * theta[:, :d]), theta[:, d].exp()
-        K, dk = _matern_and_slope(D2, inv_ls2)
+        K, dk = _matern(D2, inv_ls2, slope=True)
         L = _cholesky(K, noise)
         Kinv = torch.cholesky_inverse(L)
         a = (Kinv @ Ys.unsqueeze(-1))[..., 0]
@@ -165,7 +165,7 @@ class GPScreen:
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cholesky factor and ``K^-1 y`` at hyperparameters ``theta``."""
         d = self.dim
-        K = _matern((X.unsqueeze(2) - X.unsqueeze(1)).square(), torch.exp(-2 * theta[:, :d]))
+        K, _ = _matern((X.unsqueeze(2) - X.unsqueeze(1)).square(), torch.exp(-2 * theta[:, :d]))
         L = _cholesky(K, theta[:, d].exp())
         return L, torch.cholesky_solve(Ys.unsqueeze(-1), L)[..., 0]
 
@@ -173,8 +173,8 @@ class GPScreen:
                    X: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and standard deviation (B, K) of the standardized latent
         function at ``C`` (B, K, d)."""
-        k = _matern((X.unsqueeze(2) - C.unsqueeze(1)).square(),
-                    torch.exp(-2 * theta[:, :self.dim]))  # (B, n, K)
+        k, _ = _matern((X.unsqueeze(2) - C.unsqueeze(1)).square(),
+                       torch.exp(-2 * theta[:, :self.dim]))  # (B, n, K)
         mean = (k * alpha.unsqueeze(-1)).sum(1)
         q = torch.linalg.solve_triangular(L, k, upper=False)
         return mean, (1.0 - q.square().sum(1)).clamp_min(1e-12).sqrt()
@@ -204,23 +204,16 @@ class GPScreen:
         return score.masked_fill(repeat, -math.inf)
 
 
-def _matern(D2: torch.Tensor, inv_ls2: torch.Tensor) -> torch.Tensor:
+def _matern(D2: torch.Tensor, inv_ls2: torch.Tensor, slope: bool = False
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Matern-5/2 kernel values from squared coordinate differences ``D2`` (B, n, k, d)
-    and inverse squared lengthscales (B, d)."""
+    and inverse squared lengthscales (B, d); with ``slope``, also the factor ``s`` with
+    dk/dlog(l_j) = s * D2_j / l_j^2 (else None)."""
     r2 = torch.einsum("bijk,bk->bij", D2, inv_ls2)
     s = _SQRT5 * r2.sqrt()
-    return (1 + s + r2 * (5.0 / 3.0)) * torch.exp(-s)
-
-
-def _matern_and_slope(D2: torch.Tensor, inv_ls2: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Matern-5/2 kernel values from squared coordinate differences ``D2`` (B, n, k, d)
-    and inverse squared lengthscales (B, d), and the factor ``s`` with
-    dk/dlog(l_j) = s * D2_j / l_j^2."""
-    r2 = torch.einsum("bijk,bk->bij", D2, inv_ls2)
-    r = r2.sqrt()
-    e = torch.exp(-_SQRT5 * r)
-    return (1 + _SQRT5 * r + 5.0 / 3.0 * r2) * e, 5.0 / 3.0 * (1 + _SQRT5 * r) * e
+    e = torch.exp(-s)
+    k = (1 + s + r2 * (5.0 / 3.0)) * e
+    return k, ((5.0 / 3.0) * (1 + s) * e if slope else None)
 
 
 def _cholesky(K: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
