@@ -97,17 +97,21 @@ class _PolicyOptimizer(Optimizer):
         self._X = np.zeros((0, dim))
         self._y = np.zeros(0)
         self._rs: Any = None
+        self._proposed = True  # the proposal after the last observation is in _rs
         self._gp: GPScreen | None = None
 
     def _state(self, X: np.ndarray, y: np.ndarray) -> Any:
         """The policy's state after the current episode's trials (the completed trials
-        from the last multiple of the horizon on), reusing the cached prefix."""
+        from the last multiple of the horizon on), reusing the cached prefix. The last
+        observation's proposal may not be applied yet (``self._proposed``): the next
+        proposal applies it, as it computes the same step size and gate."""
         start = self.horizon * (len(y) // self.horizon)
         X, y = X[start:], y[start:]
         m = len(self._y)
         if (self._rs is None or m > len(y) or not np.array_equal(self._X, X[:m])
                 or not np.array_equal(self._y, y[:m])):
             self._rs, m = self.policy.init(1, self.dim, self.device), 0
+            self._proposed = True
             self._gp = GPScreen(1, self.dim, self.device) if self.screen else None
         rs = self._rs
         if m < len(y):
@@ -115,12 +119,14 @@ class _PolicyOptimizer(Optimizer):
             xs = torch.as_tensor(X, dtype=torch.float32, device=self.device)
             dummy = torch.zeros(1, self.dim, device=self.device)
             for i in range(m, len(y)):
-                rs = self.policy.observe(rs, xs[i:i + 1], ys[i:i + 1])
-                if self._gp is not None:
-                    self._gp.add(torch.from_numpy(X[i:i + 1]), torch.from_numpy(y[i:i + 1]))
                 # The proposal's step size and gate are inputs of the next observation:
                 # replay them as in training (they do not depend on the random draws).
-                _, rs = self.policy.propose(rs, dummy, dummy)
+                if not self._proposed:
+                    _, rs = self.policy.propose(rs, dummy, dummy)
+                rs = self.policy.observe(rs, xs[i:i + 1], ys[i:i + 1])
+                self._proposed = False
+                if self._gp is not None:
+                    self._gp.add(torch.from_numpy(X[i:i + 1]), torch.from_numpy(y[i:i + 1]))
         self._rs, self._X, self._y = rs, X.copy(), y.copy()
         return rs
 
@@ -136,7 +142,11 @@ class _PolicyOptimizer(Optimizer):
                 int(np.random.SeedSequence([self.seed, history.n_trials]).generate_state(1)[0]))
             if not self.screen:
                 z = torch.randn(n, d, generator=g).to(dev)
-                xs = [self.policy.propose(rs, u0[i:i + 1], z[i:i + 1])[0] for i in range(n)]
+                xs = []
+                for i in range(n):
+                    x, proposed = self.policy.propose(rs, u0[i:i + 1], z[i:i + 1])
+                    xs.append(x)
+                self._rs, self._proposed = proposed, True
                 return torch.cat(xs).double().clamp(0.0, 1.0).cpu().numpy()
             k, n_local = self.screen, local_candidates(self.screen)
             pending = torch.as_tensor(history.pending, dtype=torch.float64,
@@ -150,10 +160,11 @@ class _PolicyOptimizer(Optimizer):
                 u = torch.rand(1, 2 * k, d, generator=g).to(dev)
                 u[0, 0] = u0[i]
                 z = torch.randn(1, k + n_local, d, generator=g).to(dev)
-                x, _ = self.policy.propose_screened(rs, self._gp, u[:, :k], z[:, :k],
-                                                    u[:, k:], z[:, k:], pending, snap)
+                x, proposed = self.policy.propose_screened(rs, self._gp, u[:, :k], z[:, :k],
+                                                           u[:, k:], z[:, k:], pending, snap)
                 xs.append(x)
                 pending = torch.cat([pending, x.double().unsqueeze(1)], dim=1)
+            self._rs, self._proposed = proposed, True
         return torch.cat(xs).double().clamp(0.0, 1.0).cpu().numpy()
 
 
