@@ -18,6 +18,11 @@ from bbopt.storage import SQLStorage, StudyRecord, get_storage
 from bbopt.trial import Trial, TrialState
 
 DIRECTIONS = ("minimize", "maximize")
+#: Optimizers see values (and gradients) up to this magnitude as told; a history with
+#: larger ones reaches them scaled down by a power of two (exact), so that float32
+#: policies and the GPs' standardization do not overflow. Every optimizer depends on
+#: the values only up to a positive factor.
+VALUE_LIMIT_EXPONENT = 50
 
 
 def check_value(value: Any) -> float:
@@ -210,15 +215,22 @@ class Study:
             return np.array([self._encode(t) for t in ts]).reshape(len(ts), self.space.dim)
 
         done = [t for t in trials if t.state is TrialState.COMPLETE]
+        y = np.array([sign * t.value for t in done], dtype=float)
         grads = None
         if any("grad" in t.info for t in done):
             grads = np.full((len(done), self.space.dim), np.nan)
             for i, t in enumerate(done):
                 if "grad" in t.info:
                     grads[i] = sign * self.space.grad_to_unit(t.params, t.info["grad"])
+        top = max(np.abs(y).max(initial=0.0),
+                  0.0 if grads is None else np.nan_to_num(np.abs(grads)).max(initial=0.0))
+        if top > 2.0 ** VALUE_LIMIT_EXPONENT:
+            shift = VALUE_LIMIT_EXPONENT - math.frexp(top)[1]
+            y = np.ldexp(y, shift)
+            grads = None if grads is None else np.ldexp(grads, shift)
         return History(
             X=cube(done),
-            y=np.array([sign * t.value for t in done], dtype=float),
+            y=y,
             pending=cube([t for t in trials if t.state is TrialState.PENDING]),
             failed=cube([t for t in trials if t.state is TrialState.FAILED]),
             grads=grads,
