@@ -83,9 +83,41 @@ def test_lstm_optimizer_state_dict_round_trip_and_closure(busy):
         assert torch.equal(pa, pb)
 
 
+def test_learning_rate_schedulers_scale_the_learned_steps():
+    """lr multiplies the learned steps, so a scheduler's factor does what lr= does; and
+    an optimizer state saved when the multiplier was named "scale" still loads."""
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    a, b = _model(), _model()
+    opt_a = bbopt.LSTMOptimizer(a.parameters(), lr=0.5)
+    opt_b = bbopt.LSTMOptimizer(b.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt_b, lambda epoch: 0.5)
+    for model, opt in ((a, opt_a), (b, opt_b)):
+        for _ in range(3):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+    sched.step()
+    assert all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters(),
+                                                     strict=True))
+    old = opt_a.state_dict()
+    for group in old["param_groups"]:
+        group["scale"] = group.pop("lr")
+    opt_c = bbopt.LSTMOptimizer(b.parameters())
+    opt_c.load_state_dict(old)
+    assert opt_c.param_groups[0]["lr"] == 0.5
+    opt_c.zero_grad()
+    torch.nn.functional.mse_loss(b(x), y).backward()
+    opt_c.step()
+
+
 def test_lstm_optimizer_bad_input():
-    with pytest.raises(ValueError, match="scale"):
+    for bad in (0, -1.0, True, "1"):
+        with pytest.raises(ValueError, match="multiplier of the learned steps"):
+            bbopt.LSTMOptimizer(_model().parameters(), lr=bad)
+    with pytest.raises(ValueError, match="multiplier of the learned steps"):
         bbopt.LSTMOptimizer(_model().parameters(), scale=0)
+    with pytest.raises(ValueError, match="not both"):
+        bbopt.LSTMOptimizer(_model().parameters(), lr=0.5, scale=0.5)
     with pytest.raises(FileNotFoundError, match="no learned-optimizer weights"):
         bbopt.LSTMOptimizer(_model().parameters(), weights="/nonexistent/w.pt")
 

@@ -57,7 +57,9 @@ class LSTMOptimizer(torch.optim.Optimizer):
 
     ``weights``: a path to weights written by ``save_l2l`` (the shipped ones by default)
     or an ``L2LNet`` (the meta-trainer validates the net it trains this way).
-    ``scale`` (per parameter group) multiplies every update: 1 is what was learned.
+    ``lr`` (per parameter group) multiplies every update: 1 is what was learned, so it is
+    not a learning rate to tune, but torch's learning-rate schedulers (warm-up, decay)
+    work on it as on any optimizer's. ``scale`` is its former name.
     ``problems``: for benchmarks that optimize a batch of independent problems at once,
     one parameter whose first dimension indexes them (each gets its own global
     features); otherwise all parameters form one problem.
@@ -69,10 +71,15 @@ class LSTMOptimizer(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Iterable[Any], weights: str | Path | L2LNet | None = None,
-                 scale: float = 1.0, problems: int = 1) -> None:
-        if not (isinstance(scale, int | float) and scale > 0):
-            raise ValueError(f"scale must be a positive number, got {scale!r}")
-        super().__init__(params, {"scale": float(scale)})
+                 lr: float = 1.0, problems: int = 1, *, scale: float | None = None) -> None:
+        if scale is not None:
+            if lr != 1.0:
+                raise ValueError("give lr or its former name scale, not both")
+            lr = scale
+        if isinstance(lr, bool) or not (isinstance(lr, int | float) and lr > 0):
+            raise ValueError(f"lr (the multiplier of the learned steps) must be a positive "
+                             f"number, got {lr!r}")
+        super().__init__(params, {"lr": float(lr)})
         if problems != 1:
             ps = [p for g in self.param_groups for p in g["params"]]
             if len(ps) != 1 or ps[0].ndim < 1 or ps[0].shape[0] != problems:
@@ -86,6 +93,12 @@ class LSTMOptimizer(torch.optim.Optimizer):
         self._net_device = next(self.net.parameters()).device
         self._state_len = len(self.net.initial_state(0))
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:  # state saved when the multiplier was "scale"
+            if "lr" not in group and "scale" in group:
+                group["lr"] = group.pop("scale")
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """One update of every parameter that has a gradient: a single pass of the net
@@ -94,14 +107,14 @@ class LSTMOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        items = []  # (param, its group's scale)
+        items = []  # (param, its group's multiplier)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("LSTMOptimizer does not support sparse gradients")
-                items.append((p, group["scale"]))
+                items.append((p, group["lr"]))
         if not items:
             return loss
         dev = self._net_device
@@ -122,9 +135,9 @@ class LSTMOptimizer(torch.optim.Optimizer):
         delta, new = self.net.step(torch.cat(grads), joint, problems=self.problems)
         sizes = [g.numel() for g in grads]
         per_param = [torch.split(s, sizes) for s in new[1:]]
-        for j, ((p, scale), d) in enumerate(zip(items, torch.split(delta, sizes), strict=True)):
+        for j, ((p, mult), d) in enumerate(zip(items, torch.split(delta, sizes), strict=True)):
             self.state[p]["l2l"] = [new[0], *(piece[j] for piece in per_param)]
-            p.add_(d.view_as(p).to(p.device, p.dtype), alpha=scale)
+            p.add_(d.view_as(p).to(p.device, p.dtype), alpha=mult)
         return loss
 
 
