@@ -393,7 +393,8 @@ def ask(name: str, storage: str, n: int, space_file: str | None, method: str | N
         _echo_json({"id": t.id, "params": t.params})
 
 
-@main.command()
+# Negative values (-0.5, -1e3) are values, not unknown options.
+@main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("name")
 @click.argument("trial_id", type=int)
 @click.argument("value", type=float, required=False)

@@ -120,9 +120,15 @@ def test_shell_ask_tell_loop_and_bad_input(workdir):
     ]:
         r = run(*args, "--storage", db, ok=False)
         assert r.exit_code == 1 and msg in r.output, r.output
+    r = run("tell", "loop", "2", "--fail", "--storage", db, ok=False)  # a typo, not a value
+    assert r.exit_code == 2 and "'--fail' is not a valid float" in r.output, r.output
     trials = Study.load("loop", db).trials
     assert [t.state.value for t in trials] == ["complete", "failed", "pending"]
     assert trials[0].value == 0.25
+    # a negative value is a value (click took "-0.5" for an unknown option)
+    assert "trial 2: complete -0.5" in run("tell", "loop", "2", "-0.5", "--storage",
+                                           db).output
+    assert Study.load("loop", db).trials[2].value == -0.5
 
 
 def test_missing_database_is_a_clear_error(workdir):
