@@ -376,9 +376,13 @@ def best(name: str, storage: str, as_json: bool) -> None:
 @click.option("-n", "n", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--space", "space_file", type=click.Path(dir_okay=False),
               help="Creates the study with this space if it does not exist.")
-@click.option("--method", default=None)
-@click.option("--direction", type=click.Choice(["minimize", "maximize"]), default=None)
-@click.option("--seed", type=click.IntRange(min=0), default=None)
+@click.option("--method", default=None,
+              help="The optimizer a new study gets [learned]; for an existing study, the "
+                   "one this ask proposes with (the study's own stays).")
+@click.option("--direction", type=click.Choice(["minimize", "maximize"]), default=None,
+              help="With --space, for a new study [minimize].")
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="With --space, for a new study [random].")
 def ask(name: str, storage: str, n: int, space_file: str | None, method: str | None,
         direction: str | None, seed: int | None) -> None:
     """Hand out N trials of study NAME, one JSON object per line: {"id", "params"}."""
@@ -387,8 +391,10 @@ def ask(name: str, storage: str, n: int, space_file: str | None, method: str | N
     if space_file:
         study = Study(Space.load(space_file), method=method, direction=direction, seed=seed,
                       storage=storage, name=name)
-    else:
-        study = _open(name, storage)
+    elif direction is not None or seed is not None:
+        raise click.UsageError("--direction and --seed apply when --space creates the study")
+    else:  # --method switches the optimizer for this ask, as Study(method=...) does
+        study = Study.load(name, storage, method=method)
     for t in study.ask(n):
         _echo_json({"id": t.id, "params": t.params})
 

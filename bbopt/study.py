@@ -135,12 +135,15 @@ class Study:
             raise StudyError(f"study {record.name!r} exists with seed {record.seed}")
 
     @classmethod
-    def load(cls, name: str, storage: str | SQLStorage) -> Study:
-        """Open an existing study; raise StudyError if there is none of that name."""
+    def load(cls, name: str, storage: str | SQLStorage, method: str | None = None,
+             **options: Any) -> Study:
+        """Open an existing study; raise StudyError if there is none of that name (or no
+        database at ``storage``). ``method`` (and ``options``) switch this process's
+        optimizer, as in the constructor."""
         store = get_storage(storage, create=False)
         if store.get_study(name) is None:
             raise UnknownStudyError(f"no study named {name!r} in {storage}")
-        return cls(storage=store, name=name)
+        return cls(method=method, storage=store, name=name, **options)
 
     # -- properties ---------------------------------------------------------------
     @property

@@ -117,9 +117,12 @@ def test_shell_ask_tell_loop_and_bad_input(workdir):
         (("tell", "loop", "2", "nan"), "finite"),
         (("tell", "loop", "2"), "needs a value"),
         (("best", "nope"), "no study named 'nope'"),
+        (("ask", "loop", "--method", "nope"), "unknown method 'nope'"),  # was ignored
     ]:
         r = run(*args, "--storage", db, ok=False)
         assert r.exit_code == 1 and msg in r.output, r.output
+    r = run("ask", "loop", "--direction", "maximize", "--storage", db, ok=False)
+    assert r.exit_code == 2 and "apply when --space creates the study" in r.output
     r = run("tell", "loop", "2", "--fail", "--storage", db, ok=False)  # a typo, not a value
     assert r.exit_code == 2 and "'--fail' is not a valid float" in r.output, r.output
     trials = Study.load("loop", db).trials
