@@ -118,7 +118,13 @@ def tune(objective: str, space_file: str | None, budget: int, method: str | None
     count toward the budget); running the same command again resumes. Trials of a
     killed process go stale (see --heartbeat) and are evaluated again by the others.
     """
-    from bbopt.objective import ObjectiveError, ShellObjective, evaluate, load_function
+    from bbopt.objective import (
+        ObjectiveError,
+        ShellObjective,
+        evaluate,
+        load_function,
+        params_call,
+    )
     from bbopt.space import Space
 
     fn = load_function(objective)
@@ -132,8 +138,8 @@ def tune(objective: str, space_file: str | None, budget: int, method: str | None
     else:
         study = Study(space, method=method, direction=direction, seed=seed, storage=storage,
                       name=name)
-    if fn is None:
-        fn = ShellObjective(objective, study.space.names)
+    fn = (ShellObjective(objective, study.space.names) if fn is None
+          else params_call(fn, study.space.names))
 
     grace = 4 * heartbeat
     if heartbeat:  # trials of dead workers from earlier runs

@@ -1,7 +1,8 @@
 """Objectives named on the command line: a Python function or a shell command.
 
-``path/to/file.py:function`` or ``package.module:function`` names a function called
-with the params dict that returns a float. Anything else is a shell command in which
+``path/to/file.py:function`` or ``package.module:function`` names a function that
+returns a float, called with the params dict or, if its signature takes the parameters
+by name (``def f(x, n)``), with them as keywords (``params_call``). Anything else is a shell command in which
 ``{name}`` is replaced by the (shell-quoted) value of parameter ``name``; the last
 number it prints on stdout is the value. The params are also in the environment as
 JSON (``BBOPT_PARAMS``), with the trial id (``BBOPT_TRIAL_ID``).
@@ -60,6 +61,30 @@ def load_function(spec: str) -> Callable[[dict[str, Any]], float] | None:
     if not callable(fn):
         raise BBOptError(f"{target!r} has no function {name!r}")
     return fn
+
+
+def params_call(fn: Callable[..., Any], names: list[str]) -> Callable[[dict[str, Any]], Any]:
+    """``fn`` as a function of the params dict: itself if it takes one argument, else a
+    call with the params as keywords if its signature takes those names; BBOptError if
+    it takes neither (before any trial is spent on it)."""
+    import inspect
+
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins without a signature: call as documented
+        return fn
+    try:
+        sig.bind({})
+        return fn
+    except TypeError:
+        pass
+    try:
+        sig.bind(**dict.fromkeys(names))
+    except TypeError:
+        raise BBOptError(f"the objective {getattr(fn, '__name__', fn)}{sig} takes neither "
+                         f"the params dict nor the parameters {', '.join(names)} by "
+                         "name") from None
+    return lambda params: fn(**params)
 
 
 def parse_value(stdout: str) -> float:

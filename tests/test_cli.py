@@ -28,6 +28,12 @@ def slow(p):
 
 def broken(p):
     raise RuntimeError("boom")
+
+def by_name(x, k, act):
+    return (x - 0.5) ** 2 + k + (act == "tanh")
+
+def takes_other(a, b):
+    return 0.0
 """
 
 
@@ -152,6 +158,20 @@ def test_bad_space_file_and_objective(workdir):
     assert "does not exist" in r.output
     r = run("tune", "obj.py:nothing", "--space", "space.json", "--budget", "3", ok=False)
     assert "no function 'nothing'" in r.output
+    r = run("tune", "obj.py:takes_other", "--space", "space.json", "--budget", "3",
+            "--storage", "sqlite:///s.db", ok=False)
+    assert "takes_other(a, b) takes neither the params dict nor the parameters x, k, act" \
+        in r.output
+    assert not Study.load("takes_other", "sqlite:///s.db").trials  # no trial spent on it
+
+
+def test_tune_a_function_that_takes_the_parameters_by_name(workdir):
+    db = "sqlite:///s.db"
+    for fn in ("f", "by_name"):
+        run("tune", f"obj.py:{fn}", "--space", "space.json", "--budget", "6", "--method",
+            "random", "--storage", db, "--study", fn, "--seed", "2", "--quiet")
+    assert ([t.value for t in Study.load("by_name", db).trials]
+            == [t.value for t in Study.load("f", db).trials])
 
 
 def test_plot(workdir):
