@@ -29,13 +29,19 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 
 
 class _Group(click.Group):
-    """Turns bbopt's own errors into a one-line message and exit status 2."""
+    """Turns bbopt's own errors, and files that cannot be read or written (an output in
+    a folder that does not exist, no permission), into a one-line message and exit
+    status 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except BBOptError as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:
+            if e.filename is None:  # not about a file: a bug to see in full
+                raise
+            raise click.ClickException(f"{e.strerror or e}: {e.filename}") from None
 
 
 @click.group(cls=_Group)

@@ -180,6 +180,9 @@ def test_plot(workdir):
         "--storage", db, "--study", "p", "--quiet")
     run("plot", "p", "--storage", db, "-o", "p.png")
     assert Path("p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = run("plot", "p", "--storage", db, "-o", "no/such/dir/p.png", ok=False)
+    assert r.exit_code == 1 and r.output.strip() == (
+        "Error: No such file or directory: no/such/dir/p.png"), r.output
 
 
 @pytest.mark.slow
