@@ -2,9 +2,9 @@
 
 ``path/to/file.py:function`` or ``package.module:function`` names a function that
 returns a float, called with the params dict or, if its signature takes the parameters
-by name (``def f(x, n)``), with them as keywords (``params_call``). Anything else is a shell command in which
-``{name}`` is replaced by the (shell-quoted) value of parameter ``name``; the last
-number it prints on stdout is the value. The params are also in the environment as
+by name (``def f(x, n)``), with them as keywords (``params_call``). Anything else is a
+shell command in which ``{name}`` is replaced by the (shell-quoted) value of parameter
+``name``; the last number it prints on stdout is the value. The params are also in the environment as
 JSON (``BBOPT_PARAMS``), with the trial id (``BBOPT_TRIAL_ID``).
 """
 

@@ -22,10 +22,10 @@ from bbopt.errors import StudyError, UnknownMethodError
 class History:
     """What an optimizer sees. ``X``: (m, d) completed points, ``y``: (m,) their values
     (to minimize; divided by a power of two when they, or the gradients, exceed 2^50,
-    see ``bbopt.study.VALUE_LIMIT_EXPONENT``), ``pending``: (p, d) points handed out without a value yet,
-    ``failed``: (f, d) points whose evaluation failed, ``grads``: (m, d) gradients of the
-    values with respect to ``X`` where they were told (NaN rows where not), or None when
-    no completed trial has one."""
+    see ``bbopt.study.VALUE_LIMIT_EXPONENT``), ``pending``: (p, d) points handed out
+    without a value yet, ``failed``: (f, d) points whose evaluation failed, ``grads``:
+    (m, d) gradients of the values with respect to ``X`` where they were told (NaN rows
+    where not), or None when no completed trial has one."""
 
     X: np.ndarray
     y: np.ndarray
