@@ -41,6 +41,18 @@ def _record(steps: int) -> list[int]:
     return sorted({t for t in RECORD if t < steps} | {steps})
 
 
+def _weights_path(method: str) -> Path | None:
+    """The weights file of a learned method: ``lstm`` the shipped one, ``lstm:PATH``
+    other weights (an ablation's, say); None for the other methods."""
+    if method == "lstm":
+        from bbopt.optimizers.l2l import DEFAULT_WEIGHTS
+
+        return DEFAULT_WEIGHTS
+    if method.startswith("lstm:"):
+        return Path(method[len("lstm:"):])
+    return None
+
+
 def _make(method: str, lr: float | None) -> Callable[[list[Any]], Any]:
     import torch
 
@@ -54,28 +66,19 @@ def _make(method: str, lr: float | None) -> Callable[[list[Any]], Any]:
         return lambda p: torch.optim.RMSprop(p, lr=lr)
     if method == "adam":
         return lambda p: torch.optim.Adam(p, lr=lr)
-    if method == "lstm":
-        return lambda p: bbopt.LSTMOptimizer(p, problems=p[0].shape[0])
     if method == "lr-memory":
         return lambda p: bbopt.LRMemory(p)
-    if method.startswith("lstm:"):  # other weights, e.g. an ablation's
-        return lambda p: bbopt.LSTMOptimizer(p, weights=method[len("lstm:"):],
-                                             problems=p[0].shape[0])
+    weights = _weights_path(method)
+    if weights is not None:
+        return lambda p: bbopt.LSTMOptimizer(p, weights=weights, problems=p[0].shape[0])
     raise ValueError(f"unknown method {method!r}")
 
 
 def weights_id(method: str) -> str | None:
     """A learned method's weights by content (a digest of the file), so that cached runs
     made with weights since replaced are not reused; None for the other methods."""
-    if method == "lstm":
-        from bbopt.optimizers.l2l import DEFAULT_WEIGHTS
-
-        path: Path = DEFAULT_WEIGHTS
-    elif method.startswith("lstm:"):
-        path = Path(method[len("lstm:"):])
-    else:
-        return None
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    path = _weights_path(method)
+    return None if path is None else hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def run_one(family: str, method: str, lr: float | None, seed: int, problems: int,
