@@ -97,3 +97,30 @@ def test_learns_a_digits_task_online():
 
     n, _ = samples_to_target(3, lambda params: bbopt.LRMemory(params), seed=0, max_samples=1000)
     assert n is not None
+
+
+def test_group_lr_and_schedulers_scale_the_memorys_rates():
+    """A group's lr over the constructor's scales that group's learned rates, so a
+    scheduler's factor does what a smaller lr does; the memory itself is unchanged, and
+    a state saved before groups had an lr still loads."""
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    opt = bbopt.LRMemory([{"params": [a]}, {"params": [b], "lr": 0.05}], lr=0.1, meta_lr=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 0.5 if epoch else 1.0)
+    for p in (a, b):
+        p.grad = torch.ones(3)
+    opt.step()
+    assert torch.allclose(a.detach(), torch.full((3,), 0.9))
+    assert torch.allclose(b.detach(), torch.full((3,), 0.95))
+    sched.step()
+    opt.step()
+    assert torch.allclose(a.detach(), torch.full((3,), 0.85))
+    assert torch.allclose(b.detach(), torch.full((3,), 0.925))
+    assert torch.allclose(opt.learning_rates(torch.ones(1)), torch.tensor([0.1]))
+    old = opt.state_dict()
+    for group in old["param_groups"]:
+        del group["lr"]
+    again = bbopt.LRMemory([{"params": [a]}, {"params": [b]}], lr=0.1)
+    again.load_state_dict(old)
+    assert [g["lr"] for g in again.param_groups] == [0.1, 0.1]
+    with pytest.raises(ValueError, match="lr must be a number >= 0"):
+        bbopt.LRMemory([{"params": [a], "lr": -1.0}])

@@ -18,7 +18,10 @@ coordinates whose previous gradient fell in it, weighted by their activation::
 what it learns carries over: ``memory()`` returns it, and ``LRMemory(params,
 memory=...)`` starts a related next task from it. The learning rates scale the update of
 a base optimizer (plain SGD by default): the base steps with its own learning rate and
-each coordinate's step is multiplied by ``lr(g) / base lr``.
+each coordinate's step is multiplied by ``lr(g) / base lr``. A param group's ``lr``
+(the constructor's ``lr`` unless the group sets its own) over the constructor's ``lr``
+scales the memory's rates for that group, so torch's learning-rate schedulers (warm-up,
+decay) scale the learned rates as they would a plain learning rate.
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ class LRMemory(torch.optim.Optimizer):
     ``memory()`` (or a path written by ``save_memory``) to start from instead;
     ``centers`` / ``width``: the receptive fields over log10 |g| of a fresh memory;
     ``meta_lr``: how fast the memory learns; ``lr_bounds``: the learning rates it may
-    hold; ``base`` / ``base_options``: the optimizer whose steps are scaled.
+    hold; ``base`` / ``base_options``: the optimizer whose steps are scaled. A group's
+    ``lr`` over ``lr`` multiplies the rates the memory gives its coordinates (1 unless a
+    group or a learning-rate scheduler sets it otherwise).
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-2,
@@ -63,7 +68,9 @@ class LRMemory(torch.optim.Optimizer):
         lo, hi = lr_bounds
         if not 0 < lo < hi:
             raise ValueError(f"lr_bounds must be 0 < low < high, got {lr_bounds}")
-        super().__init__(params, {})
+        super().__init__(params, {"lr": float(lr)})
+        if not all(isinstance(g["lr"], int | float) and g["lr"] >= 0 for g in self.param_groups):
+            raise ValueError("a param group's lr must be a number >= 0")
         self.meta_lr = float(meta_lr)
         self.log_bounds = (math.log(lo), math.log(hi))
         if memory is not None:
@@ -127,6 +134,7 @@ class LRMemory(torch.optim.Optimizer):
                 loss = closure()
         grads, prev, before = [], [], []
         for group in self.param_groups:
+            scale = group["lr"] / self.defaults["lr"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -136,12 +144,13 @@ class LRMemory(torch.optim.Optimizer):
                     grads.append(g)
                     prev.append(state["prev_grad"])
                 state["prev_grad"] = g.clone()
-                before.append((p, p.detach().clone(), g))
+                before.append((p, p.detach().clone(), g, scale))
         if grads:  # learn from this step's signs first, then step with what was learned
             self._learn(torch.cat(prev), torch.cat(grads))
         self.base.step()
-        for p, old, g in before:
-            factor = (self.learning_rates(g) / self.base_lr).reshape(p.shape).to(p.device, p.dtype)
+        for p, old, g, scale in before:
+            factor = (self.learning_rates(g) / self.base_lr * scale).reshape(p.shape).to(
+                p.device, p.dtype)
             p.copy_(old + (p - old) * factor)
         return loss
 
@@ -157,6 +166,8 @@ class LRMemory(torch.optim.Optimizer):
         if memory is None:
             raise ValueError("state_dict has no learning-rate memory")
         super().load_state_dict(state_dict)
+        for group in self.param_groups:  # saved before groups had an lr: the rates as read
+            group.setdefault("lr", self.defaults["lr"])
         self._set_memory(memory)
         if base is not None:
             self.base.load_state_dict(base)
