@@ -148,3 +148,39 @@ def test_screened_rollout_is_differentiable_and_spreads_parallel_rounds():
         assert gaps.min() > 1e-6
     with pytest.raises(ValueError):
         rollout(policy, fn, 5, screen=-1)
+
+
+def test_subspace_candidates_redraw_a_few_of_the_incumbents_coordinates():
+    """From d = 4 on, the first half of the uniform candidates keep the incumbent but
+    for 1, 2, 3, 4, 1, ... coordinates, which take the uniform draws' values; below d = 4
+    there are none."""
+    from bbopt.nets.policy import SUBSPACE_MAX, SUBSPACE_MIN_DIM, subspace_candidates
+
+    assert subspace_candidates(32, SUBSPACE_MIN_DIM - 1) == 0
+    assert subspace_candidates(32, 8) == 16
+    d, k = 8, 10
+    g = torch.Generator().manual_seed(0)
+    policy = BBOPolicy("lstm", hidden=8, layers=1)
+    fn = GPPrior().sample(2, d, generator=g)
+    gp, rs = GPScreen(2, d), policy.init(2, d)
+    for _ in range(5):
+        x = torch.rand(2, d, generator=g)
+        rs = policy.observe(rs, x, fn(x))
+        gp.add(x, fn(x))
+    seen = []
+    gp.log_ei = lambda C, pending=None: seen.append(C) or torch.zeros(C.shape[:2])
+    u, z, uniform = (torch.rand(2, k, d, generator=g), torch.randn(2, k, d, generator=g),
+                     torch.rand(2, k, d, generator=g))
+    sub = torch.rand(2, subspace_candidates(k, d), d, generator=g)
+    policy.propose_screened(rs, gp, u, z, uniform, subspace=sub)
+    cands = seen[0][:, k:2 * k]
+    m = sub.shape[1]
+    for j in range(m):
+        changed = cands[:, j] != rs.best_x
+        assert (changed.sum(-1) == 1 + j % SUBSPACE_MAX).all()
+        # the redrawn coordinates are those with the smallest draws, at uniform's values
+        smallest = sub[:, j].argsort(-1)[:, :1 + j % SUBSPACE_MAX]
+        assert torch.equal(changed.nonzero()[:, 1].view(2, -1).sort(-1).values,
+                           smallest.sort(-1).values)
+        assert torch.equal(cands[:, j][changed], uniform[:, j][changed])
+    assert torch.equal(cands[:, m:], uniform[:, m:])

@@ -19,9 +19,10 @@ order), it replays the history from the start.
   against random search.
 * GP screen (``screen``, default 32): each proposal is the pick, by expected improvement
   under the cheap GP of ``bbopt.nets.screen`` fitted to the episode's trials (ARD
-  Matern-5/2), among ``screen`` draws from the policy, as many uniform points and 24
-  perturbations of the incumbent at scales 1e-1 .. 1e-6, clipped to the cube (so optima
-  on its faces are reached exactly); ``screen=0`` takes the policy's own draw. The GP's
+  Matern-5/2), among ``screen`` draws from the policy, as many uniform points (from d = 4 on,
+  half of them the incumbent with only 1 to 4 of its coordinates redrawn) and 24 perturbations of
+  the incumbent at scales 1e-1 .. 1e-6, clipped to the cube (so optima on its faces are
+  reached exactly); ``screen=0`` takes the policy's own draw. The GP's
   hyperparameters move by one marginal-likelihood step per new observation, like the
   policy's recurrent state.
 * Parallel asks: ``ask(n)`` draws ``n`` proposals from the same state with independent
@@ -43,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bbopt.nets.policy import local_candidates
+from bbopt.nets.policy import local_candidates, subspace_candidates
 from bbopt.nets.screen import GPScreen
 from bbopt.optimizers.base import History, Optimizer, register
 from bbopt.optimizers.random import sobol_points
@@ -52,8 +53,9 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
 #: Default GP screen size: each proposal is the screen's pick among this many policy
-#: draws, as many uniform points and ``local_candidates(SCREEN)`` perturbations of the
-#: incumbent (``bbopt.nets.screen``); 0 takes the policy's draw.
+#: draws, as many uniform points (``subspace_candidates(SCREEN, dim)`` of them
+#: subspace candidates) and ``local_candidates(SCREEN)`` perturbations of the incumbent
+#: (``bbopt.nets.screen``); 0 takes the policy's draw.
 SCREEN = 32
 
 _POLICIES: dict[tuple[str, int, str], tuple[Any, dict[str, Any]]] = {}
@@ -160,8 +162,10 @@ class _PolicyOptimizer(Optimizer):
                 u = torch.rand(1, 2 * k, d, generator=g).to(dev)
                 u[0, 0] = u0[i]
                 z = torch.randn(1, k + n_local, d, generator=g).to(dev)
+                sub = torch.rand(1, subspace_candidates(k, d), d, generator=g).to(dev)
                 x, proposed = self.policy.propose_screened(rs, self._gp, u[:, :k], z[:, :k],
-                                                           u[:, k:], z[:, k:], pending, snap)
+                                                           u[:, k:], z[:, k:], pending, snap,
+                                                           sub)
                 xs.append(x)
                 pending = torch.cat([pending, x.double().unsqueeze(1)], dim=1)
             self._rs, self._proposed = proposed, True
