@@ -184,3 +184,5 @@ def test_subspace_candidates_redraw_a_few_of_the_incumbents_coordinates():
                            smallest.sort(-1).values)
         assert torch.equal(cands[:, j][changed], uniform[:, j][changed])
     assert torch.equal(cands[:, m:], uniform[:, m:])
+    with pytest.raises(ValueError, match="subspace draws"):
+        policy.propose_screened(rs, gp, u, z, uniform, subspace=torch.rand(2, k + 1, d))

@@ -25,9 +25,9 @@ of values:
   one with the highest expected improvement under a cheap GP of the run's values
   (``bbopt.nets.screen``), with uniform points, the incumbent with a few coordinates
   redrawn uniformly, and perturbations of the incumbent at scales down to 1e-6 as extra
-  candidates. The perturbations are clipped to the cube
-  rather than reflected, so an optimum on a face or corner of the search space (common
-  for smooth functions) can be reached exactly. The shipped optimizers propose this
+  candidates. The perturbations are clipped to the cube rather than reflected, so an
+  optimum on a face or corner of the search space (common for smooth functions) can be
+  reached exactly. The shipped optimizers propose this
   way; meta-training samples single draws (``rollout(..., screen=K)`` evaluates, and
   could train, the screened policy).
 
@@ -227,8 +227,8 @@ class BBOPolicy(nn.Module):
         uniform draws (m <= K'), the first m uniform candidates become subspace
         candidates: the j-th keeps the incumbent but for its ``1 + j % min(d,
         SUBSPACE_MAX)`` coordinates with the smallest draws in ``subspace[:, j]``, which
-        take the uniform values (``subspace_candidates``). ``pending`` (B, p, d) are queries
-        awaiting values. ``snap`` maps candidates to the points their params encode to
+        take the uniform values (``subspace_candidates``). ``pending`` (B, p, d) are
+        queries awaiting values. ``snap`` maps candidates to the points their params encode to
         (``Space.snap``, for integer and categorical parameters) before they are scored,
         so the screen sees what would be evaluated and never repeats a query. With fewer
         than two observations the policy's first draw is the query. Gradients flow
@@ -239,6 +239,9 @@ class BBOPolicy(nn.Module):
         uniform = uniform.to(x.dtype)
         if subspace is not None and subspace.shape[1]:
             m, d = subspace.shape[1], rs.dim
+            if subspace.shape != (rs.batch, m, d) or m > uniform.shape[1]:
+                raise ValueError(f"subspace draws of shape {tuple(subspace.shape)} do not fit "
+                                 f"({rs.batch}, m <= {uniform.shape[1]}, {d})")
             redrawn = 1 + torch.arange(m, device=x.device) % min(d, SUBSPACE_MAX)
             mask = subspace.argsort(-1).argsort(-1) < redrawn[:, None]  # (B, m, d)
             incumbent = rs.best_x.detach().unsqueeze(1)

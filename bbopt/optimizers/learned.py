@@ -19,12 +19,12 @@ order), it replays the history from the start.
   against random search.
 * GP screen (``screen``, default 32): each proposal is the pick, by expected improvement
   under the cheap GP of ``bbopt.nets.screen`` fitted to the episode's trials (ARD
-  Matern-5/2), among ``screen`` draws from the policy, as many uniform points (from d = 4 on,
-  half of them the incumbent with only 1 to 4 of its coordinates redrawn) and 24 perturbations of
-  the incumbent at scales 1e-1 .. 1e-6, clipped to the cube (so optima on its faces are
-  reached exactly); ``screen=0`` takes the policy's own draw. The GP's
-  hyperparameters move by one marginal-likelihood step per new observation, like the
-  policy's recurrent state.
+  Matern-5/2), among ``screen`` draws from the policy, as many uniform points (from
+  d = 4 on, half of them the incumbent with only 1 to 4 of its coordinates redrawn) and
+  24 perturbations of the incumbent at scales 1e-1 .. 1e-6, clipped to the cube (so
+  optima on its faces are reached exactly); ``screen=0`` takes the policy's own draw.
+  The GP's hyperparameters move by one marginal-likelihood step per new observation,
+  like the policy's recurrent state.
 * Parallel asks: ``ask(n)`` draws ``n`` proposals from the same state with independent
   noise, so they are distinct; the screen treats pending trials (other workers' and the
   ask's earlier proposals) as observed at the GP's mean, so it does not pick next to

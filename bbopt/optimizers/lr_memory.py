@@ -69,8 +69,10 @@ class LRMemory(torch.optim.Optimizer):
         if not 0 < lo < hi:
             raise ValueError(f"lr_bounds must be 0 < low < high, got {lr_bounds}")
         super().__init__(params, {"lr": float(lr)})
-        if not all(isinstance(g["lr"], int | float) and g["lr"] >= 0 for g in self.param_groups):
-            raise ValueError("a param group's lr must be a number >= 0")
+        for group in self.param_groups:
+            lr_g = group["lr"]
+            if isinstance(lr_g, bool) or not isinstance(lr_g, int | float) or not lr_g >= 0:
+                raise ValueError(f"a param group's lr must be a number >= 0, got {lr_g!r}")
         self.meta_lr = float(meta_lr)
         self.log_bounds = (math.log(lo), math.log(hi))
         if memory is not None:
