@@ -127,7 +127,7 @@ class GPScreen:
         lengthscale prior. Each step factorizes the kernel matrix once; the last
         factorization scores candidates (its step shows from the next observation on)."""
         X, Ys = self.X, self._standardized()
-        D2 = (X.unsqueeze(2) - X.unsqueeze(1)).square()  # (B, n, n, d)
+        D2 = _sqdiff(X, X)  # (B, n, n, d)
         b1, b2 = 0.9, 0.999
         for _ in range(FIT_STEPS):
             theta = self.theta
@@ -165,7 +165,7 @@ class GPScreen:
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cholesky factor and ``K^-1 y`` at hyperparameters ``theta``."""
         d = self.dim
-        K, _ = _matern((X.unsqueeze(2) - X.unsqueeze(1)).square(), torch.exp(-2 * theta[:, :d]))
+        K, _ = _matern(_sqdiff(X, X), torch.exp(-2 * theta[:, :d]))
         L = _cholesky(K, theta[:, d].exp())
         return L, torch.cholesky_solve(Ys.unsqueeze(-1), L)[..., 0]
 
@@ -173,8 +173,7 @@ class GPScreen:
                    X: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and standard deviation (B, K) of the standardized latent
         function at ``C`` (B, K, d)."""
-        k, _ = _matern((X.unsqueeze(2) - C.unsqueeze(1)).square(),
-                       torch.exp(-2 * theta[:, :self.dim]))  # (B, n, K)
+        k, _ = _matern(_sqdiff(X, C), torch.exp(-2 * theta[:, :self.dim]))  # (B, n, K)
         mean = (k * alpha.unsqueeze(-1)).sum(1)
         q = torch.linalg.solve_triangular(L, k, upper=False)
         return mean, (1.0 - q.square().sum(1)).clamp_min(1e-12).sqrt()
@@ -202,6 +201,12 @@ class GPScreen:
         # query: clipped candidates land on the same face or corner again and again.
         repeat = (torch.cdist(C, X, p=math.inf) <= REPEAT_TOL).any(-1)
         return score.masked_fill(repeat, -math.inf)
+
+
+def _sqdiff(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """Squared coordinate differences (B, n, k, d) of points ``A`` (B, n, d) and ``B``
+    (B, k, d)."""
+    return (A.unsqueeze(2) - B.unsqueeze(1)).square()
 
 
 def _matern(D2: torch.Tensor, inv_ls2: torch.Tensor, slope: bool = False
