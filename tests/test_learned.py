@@ -218,12 +218,15 @@ def test_past_the_horizon_and_above_the_covered_dimension():
 
 
 @pytest.mark.parametrize("method", ["learned", "learned-dnc"])
-def test_ask_n_gives_distinct_pending_proposals(method):
-    space = bbopt.Space({"a": bbopt.Float(-1, 1), "b": bbopt.Float(0, 1)})
+@pytest.mark.parametrize("dim", [2, 6])  # 6: with subspace candidates in the screen
+def test_ask_n_gives_distinct_pending_proposals(method, dim):
+    space = bbopt.Space({"a": bbopt.Float(-1, 1), "b": bbopt.Float(0, 1),
+                         **{f"c{i}": bbopt.Float(0, 1) for i in range(dim - 2)}})
     study = bbopt.Study(space, method=method, seed=3)
     for _ in range(6):
         t = study.ask()
-        study.tell(t, (t.params["a"] - 0.3) ** 2 + t.params["b"])
+        study.tell(t, (t.params["a"] - 0.3) ** 2 + sum(v for k, v in t.params.items()
+                                                       if k != "a"))
     batch = study.ask(8)
     more = study.ask(4)  # while the 8 are pending
     pts = {tuple(t.params.values()) for t in batch + more}
