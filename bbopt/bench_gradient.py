@@ -75,10 +75,15 @@ def _make(method: str, lr: float | None) -> Callable[[list[Any]], Any]:
 
 
 def weights_id(method: str) -> str | None:
-    """A learned method's weights by content (a digest of the file), so that cached runs
-    made with weights since replaced are not reused; None for the other methods."""
+    """A learned method's weights by content (a digest of the file and the update rule's
+    version), so that cached runs made with weights or a rule since replaced are not
+    reused; None for the other methods."""
+    from bbopt.nets.l2l import RULE_VERSION
+
     path = _weights_path(method)
-    return None if path is None else hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    if path is None:
+        return None
+    return hashlib.sha256(path.read_bytes() + f"rule {RULE_VERSION}".encode()).hexdigest()[:16]
 
 
 def run_one(family: str, method: str, lr: float | None, seed: int, problems: int,
