@@ -27,9 +27,9 @@ of values:
   redrawn uniformly, and perturbations of the incumbent at scales down to 1e-6 as extra
   candidates. The perturbations are clipped to the cube rather than reflected, so an
   optimum on a face or corner of the search space (common for smooth functions) can be
-  reached exactly. The shipped optimizers propose this
-  way; meta-training samples single draws (``rollout(..., screen=K)`` evaluates, and
-  could train, the screened policy).
+  reached exactly. The shipped optimizers propose this way; meta-training samples
+  single draws (``rollout(..., screen=K)`` evaluates, and could train, the screened
+  policy).
 
 Everything in ``RunState`` is batched over ``B`` independent runs of dimension ``d``;
 inference is the same code with ``B = 1``.
@@ -228,9 +228,9 @@ class BBOPolicy(nn.Module):
         candidates: the j-th keeps the incumbent but for its ``1 + j % min(d,
         SUBSPACE_MAX)`` coordinates with the smallest draws in ``subspace[:, j]``, which
         take the uniform values (``subspace_candidates``). ``pending`` (B, p, d) are
-        queries awaiting values. ``snap`` maps candidates to the points their params encode to
-        (``Space.snap``, for integer and categorical parameters) before they are scored,
-        so the screen sees what would be evaluated and never repeats a query. With fewer
+        queries awaiting values. ``snap`` maps candidates to the points their params
+        encode to (``Space.snap``, for integer and categorical parameters) before they
+        are scored, so the screen sees what would be evaluated and never repeats a query. With fewer
         than two observations the policy's first draw is the query. Gradients flow
         through the chosen draw (without ``snap``)."""
         x, rs = self.propose(rs, u, z)

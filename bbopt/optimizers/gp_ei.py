@@ -3,9 +3,9 @@
 A scrambled Sobol design of ``n_init`` points comes first. Then BoTorch's default GP
 (in BoTorch 0.18: an ARD RBF kernel under a dimension-scaled log-normal lengthscale
 prior, input normalization to the cube, standardized outcomes) is fit by maximum a
-posteriori marginal likelihood, and the next point maximizes LogEI; batches and pending points go
-through qLogEI, the pending points as ``X_pending`` so a parallel ask does not
-propose them again.
+posteriori marginal likelihood, and the next point maximizes LogEI; batches and pending
+points go through qLogEI, the pending points as ``X_pending`` so a parallel ask does
+not propose them again.
 """
 
 from __future__ import annotations
