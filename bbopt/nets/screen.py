@@ -127,11 +127,10 @@ class GPScreen:
         lengthscale prior. Each step factorizes the kernel matrix once; the last
         factorization scores candidates (its step shows from the next observation on)."""
         X, Ys = self.X, self._standardized()
-        D2 = _sqdiff(X, X)  # (B, n, n, d)
         b1, b2 = 0.9, 0.999
         for _ in range(FIT_STEPS):
             theta = self.theta
-            g, L, alpha = self._gradient(theta, D2, Ys)
+            g, L, alpha = self._gradient(theta, X, Ys)
             self._fit = (theta, L, alpha, Ys)
             g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
             self._steps += 1
@@ -141,23 +140,26 @@ class GPScreen:
                 (self._v / (1 - b2 ** self._steps)).sqrt() + 1e-8)
             self.theta = torch.minimum(torch.maximum(theta - step, self._lo), self._hi)
 
-    def _gradient(self, theta: torch.Tensor, D2: torch.Tensor, Ys: torch.Tensor
+    def _gradient(self, theta: torch.Tensor, X: torch.Tensor, Ys: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Gradient (B, d + 1) of the negative log marginal likelihood of standardized
-        values ``Ys`` (B, n) plus the lengthscales' log-normal prior, with respect to
-        ``theta`` (log lengthscales, log noise); ``D2`` (B, n, n, d) squared coordinate
-        differences. Also returns the Cholesky factor and ``a = K^-1 y`` it computed.
-        dNLL/dK = (K^-1 - a a^T) / 2."""
+        values ``Ys`` (B, n) at points ``X`` (B, n, d) plus the lengthscales' log-normal
+        prior, with respect to ``theta`` (log lengthscales, log noise). Also returns the
+        Cholesky factor and ``a = K^-1 y`` it computed. dNLL/dK = (K^-1 - a a^T) / 2 =: W / 2
+        and dK_ij/dlog(l_k) = s_ij (x_ik - x_jk)^2 / l_k^2, so with the symmetric M = W * s
+        the sum over i, j of M_ij (x_ik - x_jk)^2 is 2 (M 1)^T x_k^2 - 2 x_k^T M x_k: two
+        matrix products, no (n, n, d) array of coordinate differences."""
         d = self.dim
         inv_ls2, noise = torch.exp(-2 * theta[:, :d]), theta[:, d].exp()
-        K, dk = _matern(D2, inv_ls2, slope=True)
+        K, dk = _matern(_distance(X, X, inv_ls2), slope=True)
         L = _cholesky(K, noise)
         Kinv = torch.cholesky_inverse(L)
         a = (Kinv @ Ys.unsqueeze(-1))[..., 0]
         W = Kinv - a.unsqueeze(-1) * a.unsqueeze(-2)
+        M = W * dk
+        quad = (M.sum(-1).unsqueeze(-1) * X.square() - (M @ X) * X).sum(1)  # (B, d)
         g = torch.cat([
-            0.5 * torch.einsum("bij,bijk->bk", W * dk, D2) * inv_ls2
-            + (theta[:, :d] - self._prior_mean) / LENGTHSCALE_PRIOR[1] ** 2,
+            quad * inv_ls2 + (theta[:, :d] - self._prior_mean) / LENGTHSCALE_PRIOR[1] ** 2,
             0.5 * (noise * W.diagonal(dim1=-2, dim2=-1).sum(-1)).unsqueeze(-1)], dim=1)
         return g, L, a
 
@@ -165,15 +167,16 @@ class GPScreen:
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cholesky factor and ``K^-1 y`` at hyperparameters ``theta``."""
         d = self.dim
-        K, _ = _matern(_sqdiff(X, X), torch.exp(-2 * theta[:, :d]))
+        K, _ = _matern(_distance(X, X, torch.exp(-2 * theta[:, :d])))
         L = _cholesky(K, theta[:, d].exp())
         return L, torch.cholesky_solve(Ys.unsqueeze(-1), L)[..., 0]
 
-    def _posterior(self, theta: torch.Tensor, L: torch.Tensor, alpha: torch.Tensor,
-                   X: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _posterior(self, L: torch.Tensor, alpha: torch.Tensor, r: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and standard deviation (B, K) of the standardized latent
-        function at ``C`` (B, K, d)."""
-        k, _ = _matern(_sqdiff(X, C), torch.exp(-2 * theta[:, :self.dim]))  # (B, n, K)
+        function at K points whose scaled distances to the observations are ``r``
+        (B, n, K)."""
+        k, _ = _matern(r)
         mean = (k * alpha.unsqueeze(-1)).sum(1)
         q = torch.linalg.solve_triangular(L, k, upper=False)
         return mean, (1.0 - q.square().sum(1)).clamp_min(1e-12).sqrt()
@@ -188,42 +191,49 @@ class GPScreen:
         if self.n < 2 or self._fit is None:
             raise ValueError("the screen needs at least two observations")
         theta, L, alpha, Ys = self._fit
+        inv_ls2 = torch.exp(-2 * theta[:, :self.dim])
         X, best = self.X, Ys.min(1).values.unsqueeze(1)
         if pending is not None and pending.shape[1]:
             P = pending.detach().to(**self.opts)
-            believed = self._posterior(theta, L, alpha, X, P)[0]
+            believed = self._posterior(L, alpha, _distance(X, P, inv_ls2))[0]
             X, Ys = torch.cat([X, P], 1), torch.cat([Ys, believed], 1)
             L, alpha = self._factor(theta, X, Ys)
         C = C.detach().to(**self.opts)
-        mean, std = self._posterior(theta, L, alpha, X, C)
+        r = _distance(X, C, inv_ls2)  # (B, n, K)
+        mean, std = self._posterior(L, alpha, r)
         score = torch.log(std) + log_ei((best - mean) / std)
         # A candidate at a point already queried (observed or pending) would repeat that
-        # query: clipped candidates land on the same face or corner again and again.
-        repeat = (torch.cdist(C, X, p=math.inf) <= REPEAT_TOL).any(-1)
-        return score.masked_fill(repeat, -math.inf)
+        # query: clipped candidates land on the same face or corner again and again. Only
+        # pairs within the scaled distance that REPEAT_TOL in every coordinate allows
+        # (with room for rounding) can be repeats; the max-norm decides for those.
+        near = r <= (1.001 * REPEAT_TOL) * inv_ls2.sum(-1).sqrt()[:, None, None]
+        if near.any():
+            near &= torch.cdist(X, C, p=math.inf) <= REPEAT_TOL
+        return score.masked_fill(near.any(1), -math.inf)
 
 
-def _sqdiff(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """Squared coordinate differences (B, n, k, d) of points ``A`` (B, n, d) and ``B``
-    (B, k, d)."""
-    return (A.unsqueeze(2) - B.unsqueeze(1)).square()
+def _distance(A: torch.Tensor, B: torch.Tensor, inv_ls2: torch.Tensor) -> torch.Tensor:
+    """Scaled Euclidean distances (B, n, k) of points ``A`` (B, n, d) and ``B`` (B, k, d)
+    under inverse squared lengthscales ``inv_ls2`` (B, d), summed coordinate by coordinate
+    (not through the |a|^2 + |b|^2 - 2 a.b expansion, which loses nearby points)."""
+    w = inv_ls2.sqrt().unsqueeze(1)
+    return torch.cdist(A * w, B * w, compute_mode="donot_use_mm_for_euclid_dist")
 
 
-def _matern(D2: torch.Tensor, inv_ls2: torch.Tensor, slope: bool = False
-            ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Matern-5/2 kernel values from squared coordinate differences ``D2`` (B, n, k, d)
-    and inverse squared lengthscales (B, d); with ``slope``, also the factor ``s`` with
-    dk/dlog(l_j) = s * D2_j / l_j^2 (else None)."""
-    r2 = torch.einsum("bijk,bk->bij", D2, inv_ls2)
-    s = _SQRT5 * r2.sqrt()
+def _matern(r: torch.Tensor, slope: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Matern-5/2 kernel values at scaled distances ``r``; with ``slope``, also the factor
+    ``s`` with dk/dlog(l_j) = s * (a_j - b_j)^2 / l_j^2 (else None)."""
+    s = _SQRT5 * r
     e = torch.exp(-s)
-    k = (1 + s + r2 * (5.0 / 3.0)) * e
+    k = (1 + s + s * s / 3) * e
     return k, ((5.0 / 3.0) * (1 + s) * e if slope else None)
 
 
 def _cholesky(K: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    eye = torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
-    return torch.linalg.cholesky(K + (noise + JITTER)[:, None, None] * eye)
+    """Cholesky factor of ``K`` (B, n, n) plus ``noise + JITTER`` on its diagonal (added in
+    place: ``K`` is the caller's scratch kernel matrix)."""
+    K.diagonal(dim1=-2, dim2=-1).add_((noise + JITTER)[:, None])
+    return torch.linalg.cholesky(K)
 
 
 def screen(X: torch.Tensor, Y: torch.Tensor, C: torch.Tensor,
