@@ -262,3 +262,29 @@ def test_trials_kept_by_one_store_follow_changes_made_by_another(store_url):
     c.tell(t, 5.0)
     fresh = a._storage.trials(c._record.id)
     assert [(x.params, x.value) for x in fresh] == [(t.params, 5.0)]
+
+
+def test_sqlite_asks_through_the_driver_read_and_write_what_sqlalchemy_does(tmp_path):
+    """SQLite asks run their read and insert on the driver (``_DriverSQL``); trials in
+    every state must read the same through it as through SQLAlchemy, dates included."""
+    from datetime import datetime
+
+    from bbopt.storage import SQLStorage
+
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    study = Study(SPACE, method="random", seed=0, storage=url, name="d")
+    a, b, c = study.ask(3, heartbeat=True)
+    study.tell(a, 1.5)
+    study.tell(b, failed=True, reason="worker crashed")
+    study.add({"x": 0.25, "k": 2}, 2.0)
+    d = study.ask()  # read through the driver after all of the above
+    plain = SQLStorage(url)
+    plain._driver_sql = None  # SQLAlchemy only, as for other databases
+    via_sqlalchemy = plain.trials(plain.get_study("d").id)
+    assert Study.load("d", url).trials == via_sqlalchemy == study.trials
+    assert [t.state for t in via_sqlalchemy] == [
+        TrialState.COMPLETE, TrialState.FAILED, TrialState.PENDING, TrialState.COMPLETE,
+        TrialState.PENDING]
+    assert via_sqlalchemy[-1] == d and via_sqlalchemy[2].info == {"heartbeat": True}
+    assert all(isinstance(t.created_at, datetime) for t in via_sqlalchemy)
+    assert study.fail_stale_trials(1e-6)[0].id == c.id  # heartbeat dates written by the driver
