@@ -241,7 +241,8 @@ class Study:
 
     def _encode(self, trial: Trial) -> np.ndarray:
         hit = self._encoded.get(trial.id)
-        if hit is not None and hit[0] == trial.params:
+        # The store hands asks the same objects for finished trials: identity first.
+        if hit is not None and (hit[0] is trial.params or hit[0] == trial.params):
             return hit[1]
         x = self.space.encode(trial.params)
         self._encoded[trial.id] = (trial.params, x)
