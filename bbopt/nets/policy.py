@@ -152,14 +152,14 @@ class BBOPolicy(nn.Module):
         with torch.no_grad():  # value features are ranks and normalized values: no gradient
             Yd = Y.detach()
             prev_best = rs.Y.detach().min(dim=1).values if rs.n else torch.full_like(y, math.inf)
-            improved = (Yd[:, -1] < prev_best).to(x.dtype)
-            since = torch.where(improved > 0, torch.zeros_like(rs.since_best),
-                                rs.since_best + 1)
+            better = Yd[:, -1] < prev_best
+            improved = better.to(x.dtype)
+            since = torch.where(better, torch.zeros_like(rs.since_best), rs.since_best + 1)
             mu = Yd.mean(dim=1)
             sd = Yd.std(dim=1, unbiased=False) if n > 1 else torch.ones_like(mu)
             sd = torch.where(sd > 1e-12 * (1 + mu.abs()), sd, torch.ones_like(sd))
             ynorm = ((Yd[:, -1] - mu) / sd).clamp(-5, 5)
-            gap = ((Yd[:, -1] - Yd.min(dim=1).values) / sd).clamp(0, 10)
+            gap = ((Yd[:, -1] - torch.minimum(prev_best, Yd[:, -1])) / sd).clamp(0, 10)
             rank = (Yd < Yd[:, -1:]).to(x.dtype).mean(dim=1)
             k = max(2, math.ceil(ELITE_FRACTION * n)) if n > 1 else 1
             idx = Yd.topk(k, dim=1, largest=False).indices  # (B, k), best first
