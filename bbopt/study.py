@@ -257,7 +257,7 @@ class Study:
             )
         taken = [t.params for t in trials if t.state is TrialState.PENDING]
         out = []
-        rng = np.random.default_rng([self.seed, history.n_trials])
+        rng = None
         for x in np.clip(X, 0.0, 1.0):
             params = self.space.decode(x)
             # Integer and categorical rounding can map two proposals onto one point;
@@ -265,6 +265,8 @@ class Study:
             for _ in range(100):
                 if params not in taken:
                     break
+                if rng is None:  # made only when needed: it costs tens of microseconds
+                    rng = np.random.default_rng([self.seed, history.n_trials])
                 params = self.space.decode(rng.random(self.space.dim))
             taken.append(params)
             out.append((params, {}))

@@ -117,15 +117,15 @@ class _PolicyOptimizer(Optimizer):
             self._gp = GPScreen(1, self.dim, self.device) if self.screen else None
         rs = self._rs
         if m < len(y):
-            ys = torch.as_tensor(y, dtype=torch.float32, device=self.device)
-            xs = torch.as_tensor(X, dtype=torch.float32, device=self.device)
-            dummy = torch.zeros(1, self.dim, device=self.device)
-            for i in range(m, len(y)):
+            ys = torch.as_tensor(y[m:], dtype=torch.float32, device=self.device)
+            xs = torch.as_tensor(X[m:], dtype=torch.float32, device=self.device)
+            for j, i in enumerate(range(m, len(y))):
                 # The proposal's step size and gate are inputs of the next observation:
                 # replay them as in training (they do not depend on the random draws).
                 if not self._proposed:
+                    dummy = torch.zeros(1, self.dim, device=self.device)
                     _, rs = self.policy.propose(rs, dummy, dummy)
-                rs = self.policy.observe(rs, xs[i:i + 1], ys[i:i + 1])
+                rs = self.policy.observe(rs, xs[j:j + 1], ys[j:j + 1])
                 self._proposed = False
                 if self._gp is not None:
                     self._gp.add(torch.from_numpy(X[i:i + 1]), torch.from_numpy(y[i:i + 1]))
