@@ -87,8 +87,9 @@ def weights_id(method: str) -> str | None:
 
 
 def run_one(family: str, method: str, lr: float | None, seed: int, problems: int,
-            steps: int) -> dict[str, Any]:
-    """One method on one seed's batch of problems; the (problems,) losses at RECORD."""
+            steps: int, problem_seed: int = BENCH_SEED) -> dict[str, Any]:
+    """One method on one seed's batch of problems (drawn from ``problem_seed + 1009 *
+    seed``); the (problems,) losses at RECORD."""
     import torch
 
     from bbopt.meta.l2l import run_optimizer
@@ -96,7 +97,7 @@ def run_one(family: str, method: str, lr: float | None, seed: int, problems: int
 
     torch.set_num_threads(1)
     problem = sample_optimizee(family, problems, torch.Generator().manual_seed(
-        BENCH_SEED + 1009 * seed), "cpu")
+        problem_seed + 1009 * seed), "cpu")
     record = (0, *_record(steps))
     if method in PROXIMAL:
         from bbopt.tasks.sparse import ista
@@ -106,7 +107,8 @@ def run_one(family: str, method: str, lr: float | None, seed: int, problems: int
     else:
         losses = run_optimizer(_make(method, lr), problem, steps, record)
     return {"family": family, "method": method, "lr": lr, "seed": seed,
-            "problems": problems, "steps": steps, "weights": weights_id(method),
+            "problems": problems, "steps": steps, "problem_seed": problem_seed,
+            "weights": weights_id(method),
             "losses": {str(t): [float(v) if math.isfinite(v) else None
                                 for v in losses[t].tolist()] for t in record}}
 
@@ -115,8 +117,13 @@ def _key(family: str, method: str, lr: float | None, seed: int) -> str:
     return f"{family}|{method}|{lr}|{seed}"
 
 
+def _learned(weights: Sequence[str]) -> list[str]:
+    """The learned rules run: the shipped one and ``weights`` (as ``lstm:PATH``)."""
+    return ["lstm", *(f"lstm:{w}" for w in weights)]
+
+
 def _untuned(weights: Sequence[str]) -> list[str]:
-    return [*UNTUNED, *(f"lstm:{w}" for w in weights)]
+    return [*_learned(weights), *(m for m in UNTUNED if m != "lstm")]
 
 
 def plan(families: Sequence[str], seeds: int, weights: Sequence[str] = ()
@@ -134,13 +141,17 @@ def plan(families: Sequence[str], seeds: int, weights: Sequence[str] = ()
 def benchmark_gradient(families: Sequence[str], seeds: int, problems: int, steps: int,
                        out: Path, jobs: int = 1, command: str = "",
                        markdown: Path | None = None, log: Callable[[str], None] = print,
-                       weights: Sequence[str] = ()) -> dict[str, Any]:
+                       weights: Sequence[str] = (), problem_seed: int = BENCH_SEED
+                       ) -> dict[str, Any]:
     """Run what ``plan`` lists (``weights``: more LSTM weights files, as methods
     ``lstm:PATH``), write ``OUT/table.md`` and ``OUT/summary.json``, return the summary.
+    ``problem_seed``: the problems' seed stream; another than ``BENCH_SEED`` gives other
+    problems of the same families (to choose among weights without looking at the
+    benchmark's problems).
 
     Finished runs are kept in ``OUT/runs.jsonl`` and reused by a later call with the same
-    ``problems`` and ``steps`` (and for a learned method, the same weights); runs made
-    otherwise are ignored, not mixed in."""
+    ``problems``, ``steps`` and ``problem_seed`` (and for a learned method, the same
+    weights); runs made otherwise are ignored, not mixed in."""
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "runs.jsonl"
     done: dict[str, dict[str, Any]] = {}
@@ -150,14 +161,16 @@ def benchmark_gradient(families: Sequence[str], seeds: int, problems: int, steps
         for line in cache.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                if ((r.get("problems"), r.get("steps")) != (problems, steps)
+                if ((r.get("problems"), r.get("steps"), r.get("problem_seed", BENCH_SEED))
+                        != (problems, steps, problem_seed)
                         or (r["method"] in ids and r.get("weights") != ids[r["method"]])):
                     stale += 1
                     continue
                 done[_key(r["family"], r["method"], r["lr"], r["seed"])] = r
     todo = [r for r in plan(families, seeds, weights) if _key(*r) not in done]
     log(f"{len(done)} runs cached, {len(todo)} to run" + (
-        f" ({stale} cached runs with other --problems, --steps or weights ignored)"
+        f" ({stale} cached runs with other --problems, --steps, --problem-seed or weights "
+        "ignored)"
         if stale else ""))
     with open(cache, "a") as f:
         def keep(r: dict[str, Any]) -> None:
@@ -167,16 +180,17 @@ def benchmark_gradient(families: Sequence[str], seeds: int, problems: int, steps
 
         if jobs == 1:
             for i, r in enumerate(todo):
-                keep(run_one(*r, problems, steps))
+                keep(run_one(*r, problems, steps, problem_seed))
                 log(f"[{i + 1}/{len(todo)}] {r}")
         else:
             with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-                futs = {pool.submit(run_one, *r, problems, steps): r for r in todo}
+                futs = {pool.submit(run_one, *r, problems, steps, problem_seed): r
+                        for r in todo}
                 for i, fut in enumerate(as_completed(futs)):
                     keep(fut.result())
                     log(f"[{i + 1}/{len(todo)}] {futs[fut]}")
     summary = summarize(done, families, seeds, steps, weights)
-    text = to_markdown(summary, command, seeds, problems)
+    text = to_markdown(summary, command, seeds, problems, problem_seed)
     (out / "table.md").write_text(text)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     if markdown:
@@ -207,11 +221,12 @@ def summarize(done: dict[str, dict[str, Any]], families: Sequence[str], seeds: i
                 row[str(t)] = {"median": best[0], "lr": best[1]}  # type: ignore[index]
             rows[m] = row
         out[fam] = rows
-        for t in record:  # paired: the same problems, Adam at its best rate for step t
-            ours = _losses(done, fam, "lstm", None, seeds, t)
-            adam = _losses(done, fam, "adam", rows["adam"][str(t)]["lr"], seeds, t)
-            rows["lstm"][str(t)]["beats_adam"] = sum(a < b for a, b in zip(
-                ours, adam, strict=True)) / len(ours)
+        for m in _learned(weights):
+            for t in record:  # paired: the same problems, Adam at its best rate for step t
+                ours = _losses(done, fam, m, None, seeds, t)
+                adam = _losses(done, fam, "adam", rows["adam"][str(t)]["lr"], seeds, t)
+                rows[m][str(t)]["beats_adam"] = sum(a < b for a, b in zip(
+                    ours, adam, strict=True)) / len(ours)
     return {"families": out, "record": record}
 
 
@@ -222,19 +237,23 @@ def _losses(done: dict[str, dict[str, Any]], fam: str, method: str, lr: float | 
             for v in done[_key(fam, method, lr, s)]["losses"][str(t)]]
 
 
-def to_markdown(summary: dict[str, Any], command: str, seeds: int, problems: int) -> str:
+def to_markdown(summary: dict[str, Any], command: str, seeds: int, problems: int,
+                problem_seed: int = BENCH_SEED) -> str:
     from bbopt.meta.base import git_commit
 
     record = summary["record"]
     lines = [f"### `{command}`", "",
              f"{datetime.now(UTC):%Y-%m-%d}, commit {git_commit()}, {platform.machine()}, "
-             f"{os.cpu_count()} cores; {seeds} seeds x {problems} problems per task. Median "
+             f"{os.cpu_count()} cores; {seeds} seeds x {problems} problems per task"
+             + ("" if problem_seed == BENCH_SEED else
+                f" (problem seeds {problem_seed} + 1009 s, not the benchmark's)")
+             + ". Median "
              "full training loss over the problems at each step (lower is better); for the "
              "baselines the best learning rate of the grid "
              f"{', '.join(f'{lr:g}' for lr in LR_GRID)} at that step, shown in brackets. "
-             "`lstm` and `lr-memory` are untuned. inf: diverged. Last row: the share of "
-             "problems on which `lstm` ends lower than Adam at that rate, problem by "
-             "problem.", ""]
+             "`lstm` and `lr-memory` are untuned. inf: diverged. Last rows: each learned "
+             "rule's median over tuned Adam's, and the share of problems on which it ends "
+             "lower than Adam at that rate, problem by problem.", ""]
     for fam, rows in summary["families"].items():
         start = rows["lstm"]["0"]["median"]
         lines += [f"**{fam}** (loss at step 0: {start:.4g})", "",
@@ -248,12 +267,14 @@ def to_markdown(summary: dict[str, Any], command: str, seeds: int, problems: int
                 cells.append(f"{c['median']:.4g}{lr}")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         adam = rows["adam"]
-        ratio = [rows["lstm"][str(t)]["median"] / adam[str(t)]["median"]
-                 if adam[str(t)]["median"] > 0 else math.nan for t in record]
-        wins = [rows["lstm"][str(t)]["beats_adam"] for t in record]
-        lines += ["| lstm / tuned adam | " + " | ".join(f"{r:.3g}" for r in ratio) + " |",
-                  "| problems where lstm < tuned adam | "
-                  + " | ".join(f"{w:.0%}" for w in wins) + " |", ""]
+        for m in (m for m in rows if m == "lstm" or m.startswith("lstm:")):
+            ratio = [rows[m][str(t)]["median"] / adam[str(t)]["median"]
+                     if adam[str(t)]["median"] > 0 else math.nan for t in record]
+            wins = [rows[m][str(t)]["beats_adam"] for t in record]
+            lines += [f"| {m} / tuned adam | " + " | ".join(f"{r:.3g}" for r in ratio) + " |",
+                      f"| problems where {m} < tuned adam | "
+                      + " | ".join(f"{w:.0%}" for w in wins) + " |"]
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 

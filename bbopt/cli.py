@@ -559,11 +559,15 @@ def bench_serve(clients: str, seconds: float, method: str, studies: int, trials:
               help="Append the tables to this file (e.g. BENCHMARKS.md).")
 @click.option("--weights", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="More LSTM optimizer weights to run (as method lstm:PATH); repeatable.")
+@click.option("--problem-seed", type=click.IntRange(min=0), default=None,
+              help="Draw the problems from this seed stream instead of the benchmark's "
+                   "(to choose among weights on problems the benchmark does not use).")
 def bench_gradient(families: str | None, steps: int, seeds: int, problems: int, jobs: int,
-                   out: str, markdown: str | None, weights: tuple[str, ...]) -> None:
+                   out: str, markdown: str | None, weights: tuple[str, ...],
+                   problem_seed: int | None) -> None:
     """The learned gradient-input optimizers against SGD, Nesterov, RMSprop and Adam with
     tuned learning rates (and ISTA / FISTA on sparse regression)."""
-    from bbopt.bench_gradient import benchmark_gradient
+    from bbopt.bench_gradient import BENCH_SEED, benchmark_gradient
     from bbopt.tasks.optimizees import BENCH_FAMILIES, FAMILIES
 
     fams = ([f.strip() for f in families.split(",") if f.strip()] if families
@@ -574,7 +578,8 @@ def bench_gradient(families: str | None, steps: int, seeds: int, problems: int, 
     command = "bbopt bench-gradient " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     benchmark_gradient(fams, seeds, problems, steps, Path(out), jobs=jobs, command=command,
                        markdown=Path(markdown) if markdown else None, log=click.echo,
-                       weights=weights)
+                       weights=weights,
+                       problem_seed=BENCH_SEED if problem_seed is None else problem_seed)
     click.echo((Path(out) / "table.md").read_text())
 
 
@@ -728,6 +733,9 @@ def _meta_train(trainer_cls: Any, config: Any, run_dir: str, workers: int, gpus:
 @click.option("--init", "init", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Start from these weights (same architecture) instead of a fresh policy.")
 @click.option("--val-every", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--snapshot-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also keep the weights every this many iterations in OUT/snapshots/ "
+                   "(0: never), to choose among later.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default=None, help="torch device (default: cuda if present, else cpu).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
@@ -737,8 +745,8 @@ def _meta_train(trainer_cls: Any, config: Any, run_dir: str, workers: int, gpus:
 def train_bbo(run_dir: str, core: str, loss: str, iterations: int, horizon: int, batch: int,
               dims: str, parallel: str, hidden: int, layers: int, lr: float,
               step_weighting: str, rate_weight: float, regret_floor: float, init: str | None,
-              val_every: int, seed: int, device: str | None, threads: int | None,
-              workers: int, gpus: bool) -> None:
+              val_every: int, snapshot_every: int, seed: int, device: str | None,
+              threads: int | None, workers: int, gpus: bool) -> None:
     """Meta-train the black-box policy on GP-prior functions; resumes from OUT/last.pt."""
     import torch
 
@@ -753,6 +761,7 @@ def train_bbo(run_dir: str, core: str, loss: str, iterations: int, horizon: int,
                                 hidden=hidden, layers=layers, lr=lr,
                                 step_weighting=step_weighting, rate_weight=rate_weight,
                                 regret_floor=regret_floor, init=init, val_every=val_every,
+                                snapshot_every=snapshot_every,
                                 seed=seed, device=device)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
@@ -782,6 +791,9 @@ def train_bbo(run_dir: str, core: str, loss: str, iterations: int, horizon: int,
 @click.option("--init", "init", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Start from these weights (same architecture).")
 @click.option("--val-every", type=click.IntRange(min=1), default=None, help="[50]")
+@click.option("--snapshot-every", type=click.IntRange(min=0), default=None,
+              help="Also keep the weights every this many iterations in OUT/snapshots/ "
+                   "[0: never], to choose among later (bench-gradient --problem-seed).")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="[0]")
 @click.option("--device", default=None, help="torch device (default: cuda if present, else cpu).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,

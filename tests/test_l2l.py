@@ -151,8 +151,16 @@ def test_tiny_meta_training_lowers_validation_loss(tmp_path):
     config.iterations = 60
     again = L2LTrainer(config, tmp_path / "run", command="test", log=lambda m: None)
     assert again.iteration == 40
+    again.config.snapshot_every = 10  # weights kept along the way, in the shipped format
     again.run()
     assert again.iteration == 60
+    snaps = sorted((tmp_path / "run" / "snapshots").iterdir())
+    assert [p.name for p in snaps] == ["it_50.pt", "it_60.pt"]
+    net, meta = load_l2l(snaps[-1])
+    assert meta["iteration"] == 60 and meta["validation"] is not None
+    assert load_l2l(snaps[0])[1]["validation"] is None  # no validation at iteration 50
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(),
+                                                 again.model.state_dict().values(), strict=True))
     # --init: a new run starts from those weights (same architecture), other ones refused
     start = L2LTrainer(replace(config, init=str(tmp_path / "run" / "best.pt")),
                        tmp_path / "from-best", log=lambda m: None)
@@ -169,6 +177,8 @@ def test_train_config_rejects_bad_settings():
         L2LTrainConfig(families=("nope",))
     with pytest.raises(ValueError, match="multiple of unroll"):
         L2LTrainConfig(horizon=30, unroll=20)
+    with pytest.raises(ValueError, match="snapshot_every"):
+        L2LTrainConfig(snapshot_every=-1)
 
 
 def test_shipped_weights_beat_sgd_on_fresh_quadratics():

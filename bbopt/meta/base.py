@@ -4,7 +4,8 @@ checkpoints, resume and the progress log.
 A run directory holds ``last.pt`` (everything needed to resume, written every
 ``checkpoint_every`` iterations and at the end), ``best.pt`` (the model with the best
 validation score so far, in its shipped-weights format, because longer training can
-make held-out results worse) and ``log.jsonl``. A run directory that holds ``last.pt``
+make held-out results worse), ``log.jsonl`` and, with ``snapshot_every``,
+``snapshots/it_N.pt`` (the weights every that many iterations, in the same format). A run directory that holds ``last.pt``
 resumes from it. A subclass says how to build its model, take one meta-gradient step,
 validate, and write shipped weights.
 
@@ -101,7 +102,7 @@ class MetaTrainer:
     """Trains ``self.model`` with Adam until ``config.iterations``; see the module doc.
 
     The config (a dataclass) needs ``lr``, ``clip``, ``iterations``, ``val_every``,
-    ``checkpoint_every``, ``seed`` and ``device``.
+    ``checkpoint_every``, ``snapshot_every``, ``seed`` and ``device``.
     """
 
     #: Config fields that fix the architecture: a checkpoint must match them to resume.
@@ -222,15 +223,19 @@ class MetaTrainer:
         val = self.evaluate_validation()
         if val["mean"] < self.best_val:
             self.best_val = val["mean"]
-            meta = {"command": self.command, "commit": git_commit(),
-                    "iteration": self.iteration, **self.meta(), "validation": val,
-                    "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-            meta.update({k: v for k, v in self.world.shared.items() if k in meta})
-            if self.world.size > 1:
-                meta["workers"] = self.world.size
-            self.save_best(self.run_dir / "best.pt", meta)
+            self.save_best(self.run_dir / "best.pt", self._weights_meta(val))
             val = {**val, "best": 1.0}
         return val
+
+    def _weights_meta(self, validation: dict[str, float] | None) -> dict[str, Any]:
+        """The metadata written with weights at this iteration."""
+        meta = {"command": self.command, "commit": git_commit(),
+                "iteration": self.iteration, **self.meta(), "validation": validation,
+                "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+        meta.update({k: v for k, v in self.world.shared.items() if k in meta})
+        if self.world.size > 1:
+            meta["workers"] = self.world.size
+        return meta
 
     def run(self) -> dict[str, Any]:
         c = self.config
@@ -241,6 +246,7 @@ class MetaTrainer:
         while self.iteration < c.iterations:
             losses.append(self.step())
             self.iteration += 1
+            val = None
             if self.iteration % c.val_every == 0 or self.iteration == c.iterations:
                 dt = (time.perf_counter() - t0) / len(losses)
                 val = self.validate()
@@ -248,6 +254,11 @@ class MetaTrainer:
                 self._record({"iteration": self.iteration, "loss": sum(finite) / len(finite),
                               "s_per_it": dt, "val": val})
                 t0, losses = time.perf_counter(), []
+            if (c.snapshot_every and self.iteration % c.snapshot_every == 0
+                    and self.world.rank == 0):
+                # Weights along the way, to choose among on held-out problems later.
+                self.save_best(self.run_dir / "snapshots" / f"it_{self.iteration}.pt",
+                               self._weights_meta(val))
             if self.iteration % c.checkpoint_every == 0 or self.iteration == c.iterations:
                 self._checkpoint()
         return {"iteration": self.iteration, "best_val": self.best_val,

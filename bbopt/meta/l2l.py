@@ -56,6 +56,7 @@ class L2LTrainConfig:
     iterations: int = 1000  # meta-gradient steps (unrolls)
     val_every: int = 50
     checkpoint_every: int = 25
+    snapshot_every: int = 0  # also keep the weights every this many iterations (0: never)
     val_problems: int = 16
     seed: int = 0
     device: str = "cpu"
@@ -75,6 +76,8 @@ class L2LTrainConfig:
                      "val_every", "checkpoint_every", "val_problems"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer")
+        if int(self.snapshot_every) < 0:
+            raise ValueError("snapshot_every must be an integer >= 0")
         if self.horizon % self.unroll:
             raise ValueError(f"horizon ({self.horizon}) must be a multiple of unroll "
                              f"({self.unroll})")

@@ -41,6 +41,7 @@ class BBOTrainConfig:
     iterations: int = 2000
     val_every: int = 100
     checkpoint_every: int = 50
+    snapshot_every: int = 0  # also keep the weights every this many iterations (0: never)
     val_dims: tuple[int, ...] = (2, 4, 8)
     val_functions: int = 32
     kernel: str = "mixed"
@@ -69,6 +70,8 @@ class BBOTrainConfig:
                      "val_functions", "hidden", "layers", "num_features"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer")
+        if int(self.snapshot_every) < 0:
+            raise ValueError("snapshot_every must be an integer >= 0")
         self.lengthscale_range = tuple(self.lengthscale_range)  # type: ignore[assignment]
         self.noise_std_range = tuple(self.noise_std_range)  # type: ignore[assignment]
 
