@@ -7,12 +7,18 @@ from bbopt.nets.l2l import L2LNet
 from bbopt.optimizers.l2l import save_l2l
 
 
-def test_cached_runs_of_replaced_weights_are_made_again(tmp_path):
+def _tiny_bench(tmp_path):
+    """A tiny rule's weights file, the bench's log lines and its arguments."""
     weights = tmp_path / "w.pt"
     save_l2l(weights, L2LNet(hidden=4, layers=1), {})
-    out, logs = tmp_path / "bench", []
-    args = dict(families=["quadratic"], seeds=1, problems=2, steps=5, out=out,
+    logs: list[str] = []
+    args = dict(families=["quadratic"], seeds=1, problems=2, steps=5, out=tmp_path / "bench",
                 log=logs.append, weights=[str(weights)])
+    return weights, logs, args
+
+
+def test_cached_runs_of_replaced_weights_are_made_again(tmp_path):
+    weights, logs, args = _tiny_bench(tmp_path)
     first = benchmark_gradient(**args)
     n = len(plan(["quadratic"], 1, [str(weights)]))
     assert logs[0] == f"0 runs cached, {n} to run"
@@ -33,11 +39,7 @@ def test_cached_runs_of_replaced_weights_are_made_again(tmp_path):
 
 
 def test_another_problem_seed_draws_other_problems_and_reuses_nothing(tmp_path):
-    weights = tmp_path / "w.pt"
-    save_l2l(weights, L2LNet(hidden=4, layers=1), {})
-    out, logs = tmp_path / "bench", []
-    args = dict(families=["quadratic"], seeds=1, problems=2, steps=5, out=out,
-                log=logs.append, weights=[str(weights)])
+    weights, logs, args = _tiny_bench(tmp_path)
     bench = benchmark_gradient(**args)
     n = len(plan(["quadratic"], 1, [str(weights)]))
     logs.clear()
@@ -47,7 +49,7 @@ def test_another_problem_seed_draws_other_problems_and_reuses_nothing(tmp_path):
     start = [s["quadratic"]["adam"]["0"]["median"] for s in (bench["families"],
                                                            other["families"])]
     assert start[0] != start[1]  # other problems
-    table = (out / "table.md").read_text()
+    table = (args["out"] / "table.md").read_text()
     assert "problem seeds 777000000 + 1009 s" in table
     assert f"| lstm:{weights} / tuned adam |" in table  # a ratio row for every rule
     assert f"| problems where lstm:{weights} < tuned adam |" in table
