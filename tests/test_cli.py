@@ -312,12 +312,15 @@ def test_train_l2l_and_bench_gradient_commands(tmp_path):
                                "--steps", "100", "--seeds", "1", "--problems", "3",
                                "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert "0 runs cached" in res.output and "with other --problems, --steps or weights ignored" in res.output
+    assert "0 runs cached" in res.output
+    assert "with other --problems, --steps, --problem-seed or weights ignored" in res.output
     summary = json.loads((out / "summary.json").read_text())
     share = summary["families"]["quadratic"]["lstm"]["100"]["beats_adam"]
     assert share in (0, 1 / 3, 2 / 3, 1)
     res = runner.invoke(main, ["bench-gradient", "--families", "resnet"])
     assert res.exit_code != 0 and "unknown families" in res.output
+    res = runner.invoke(main, ["bench-gradient", "--problem-seed", "-1"])
+    assert res.exit_code != 0 and "--problem-seed" in res.output
 
 
 def test_shell_gradient_mode(workdir):
