@@ -294,9 +294,11 @@ def test_train_l2l_and_bench_gradient_commands(tmp_path):
     run = tmp_path / "run"
     res = runner.invoke(main, ["train", "l2l", "--out", str(run), "--iterations", "2",
                                "--horizon", "10", "--unroll", "5", "--batch", "2",
-                               "--families", "quadratic", "--val-every", "1"])
+                               "--families", "quadratic", "--val-every", "1",
+                               "--snapshot-every", "1"])
     assert res.exit_code == 0, res.output
     assert (run / "best.pt").exists() and (run / "last.pt").exists()
+    assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["it_1.pt", "it_2.pt"]
     res = runner.invoke(main, ["train", "l2l", "--out", str(run), "--families", "resnet"])
     assert res.exit_code != 0 and "unknown optimizee family 'resnet'" in res.output
     out = tmp_path / "bg"
