@@ -5,9 +5,9 @@ A run directory holds ``last.pt`` (everything needed to resume, written every
 ``checkpoint_every`` iterations and at the end), ``best.pt`` (the model with the best
 validation score so far, in its shipped-weights format, because longer training can
 make held-out results worse), ``log.jsonl`` and, with ``snapshot_every``,
-``snapshots/it_N.pt`` (the weights every that many iterations, in the same format). A run directory that holds ``last.pt``
-resumes from it. A subclass says how to build its model, take one meta-gradient step,
-validate, and write shipped weights.
+``snapshots/it_N.pt`` (the weights every that many iterations, in the same format). A
+run directory that holds ``last.pt`` resumes from it. A subclass says how to build its
+model, take one meta-gradient step, validate, and write shipped weights.
 
 The same loop runs data-parallel (``bbopt.meta.distributed``): a trainer built inside
 ``using_world(world)`` takes its share of the batch on its rank, averages the
