@@ -37,6 +37,7 @@ inference is the same code with ``B = 1``.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -152,14 +153,15 @@ class BBOPolicy(nn.Module):
         with torch.no_grad():  # value features are ranks and normalized values: no gradient
             Yd = Y.detach()
             prev_best = rs.Y.detach().min(dim=1).values if rs.n else torch.full_like(y, math.inf)
-            better = Yd[:, -1] < prev_best
+            last = Yd[:, -1]
+            better = last < prev_best
             improved = better.to(x.dtype)
             since = torch.where(better, torch.zeros_like(rs.since_best), rs.since_best + 1)
             mu = Yd.mean(dim=1)
             sd = Yd.std(dim=1, unbiased=False) if n > 1 else torch.ones_like(mu)
             sd = torch.where(sd > 1e-12 * (1 + mu.abs()), sd, torch.ones_like(sd))
-            ynorm = ((Yd[:, -1] - mu) / sd).clamp(-5, 5)
-            gap = ((Yd[:, -1] - torch.minimum(prev_best, Yd[:, -1])) / sd).clamp(0, 10)
+            ynorm = ((last - mu) / sd).clamp(-5, 5)
+            gap = ((last - torch.minimum(prev_best, last)) / sd).clamp(0, 10)
             rank = (Yd < Yd[:, -1:]).to(x.dtype).mean(dim=1)
             k = max(2, math.ceil(ELITE_FRACTION * n)) if n > 1 else 1
             idx = Yd.topk(k, dim=1, largest=False).indices  # (B, k), best first
@@ -249,8 +251,7 @@ class BBOPolicy(nn.Module):
                                  uniform[:, m:]], dim=1)
         cands = [x, uniform]
         if local is not None and local.shape[1]:
-            scales = torch.tensor(LOCAL_SCALES, dtype=x.dtype, device=x.device)
-            scales = scales.repeat(-(-local.shape[1] // len(LOCAL_SCALES)))[:local.shape[1]]
+            scales = _local_scales(local.shape[1], x.dtype, x.device)
             cands.append((rs.best_x.detach().unsqueeze(1)
                           + scales[:, None] * local.to(x.dtype)).clamp(0.0, 1.0))
         cands = torch.cat(cands, dim=1)
@@ -258,6 +259,15 @@ class BBOPolicy(nn.Module):
             cands = snap(cands)
         pick = gp.log_ei(cands, pending).argmax(dim=1)
         return cands[torch.arange(rs.batch, device=x.device), pick], rs
+
+
+@functools.lru_cache(maxsize=64)
+def _local_scales(k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The scales of ``k`` local candidates, ``LOCAL_SCALES`` in turn; made once (a normal
+    tensor, whatever mode the first caller is in) and only ever read."""
+    with torch.inference_mode(False), torch.no_grad():
+        scales = torch.tensor(LOCAL_SCALES, dtype=dtype, device=device)
+        return scales.repeat(-(-k // len(LOCAL_SCALES)))[:k]
 
 
 def subspace_candidates(screen: int, dim: int) -> int:

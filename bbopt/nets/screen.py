@@ -63,8 +63,10 @@ def log_ei(u: torch.Tensor) -> torch.Tensor:
     t = (-u).clamp(min=1.0, max=1e4)
     ratio = 1.0 - t * _SQRT_PI_2 * torch.special.erfcx(t / math.sqrt(2.0))
     tail = log_phi + torch.log(ratio.clamp_min(1e-300))
-    far = log_phi - 2 * torch.log((-u).clamp_min(1.0))  # 1 - tR(t) = 1/t^2 + O(t^-4)
-    return torch.where(u > -1.0, direct, torch.where(u > -1e4, tail, far))
+    if (u <= -1e4).any():  # rare: skipped, the where below would not take it
+        far = log_phi - 2 * torch.log((-u).clamp_min(1.0))  # 1 - tR(t) = 1/t^2 + O(t^-4)
+        tail = torch.where(u > -1e4, tail, far)
+    return torch.where(u > -1.0, direct, tail)
 
 
 class GPScreen:
