@@ -561,7 +561,8 @@ def bench_serve(clients: str, seconds: float, method: str, studies: int, trials:
               help="More LSTM optimizer weights to run (as method lstm:PATH); repeatable.")
 @click.option("--problem-seed", type=click.IntRange(min=0), default=None,
               help="Draw the problems from this seed stream instead of the benchmark's "
-                   "(to choose among weights on problems the benchmark does not use).")
+                   "(to choose among weights on problems the benchmark does not use; "
+                   "training draws from seed 0 on, so keep far from it, e.g. 777000000).")
 def bench_gradient(families: str | None, steps: int, seeds: int, problems: int, jobs: int,
                    out: str, markdown: str | None, weights: tuple[str, ...],
                    problem_seed: int | None) -> None:
