@@ -227,7 +227,7 @@ def summarize(done: dict[str, dict[str, Any]], families: Sequence[str], seeds: i
                 adam = _losses(done, fam, "adam", rows["adam"][str(t)]["lr"], seeds, t)
                 rows[m][str(t)]["beats_adam"] = sum(a < b for a, b in zip(
                     ours, adam, strict=True)) / len(ours)
-    return {"families": out, "record": record}
+    return {"families": out, "record": record, "learned": _learned(weights)}
 
 
 def _losses(done: dict[str, dict[str, Any]], fam: str, method: str, lr: float | None,
@@ -267,7 +267,7 @@ def to_markdown(summary: dict[str, Any], command: str, seeds: int, problems: int
                 cells.append(f"{c['median']:.4g}{lr}")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         adam = rows["adam"]
-        for m in (m for m in rows if m == "lstm" or m.startswith("lstm:")):
+        for m in summary["learned"]:
             ratio = [rows[m][str(t)]["median"] / adam[str(t)]["median"]
                      if adam[str(t)]["median"] > 0 else math.nan for t in record]
             wins = [rows[m][str(t)]["beats_adam"] for t in record]

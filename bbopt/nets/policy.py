@@ -232,9 +232,9 @@ class BBOPolicy(nn.Module):
         take the uniform values (``subspace_candidates``). ``pending`` (B, p, d) are
         queries awaiting values. ``snap`` maps candidates to the points their params
         encode to (``Space.snap``, for integer and categorical parameters) before they
-        are scored, so the screen sees what would be evaluated and never repeats a query. With fewer
-        than two observations the policy's first draw is the query. Gradients flow
-        through the chosen draw (without ``snap``)."""
+        are scored, so the screen sees what would be evaluated and never repeats a
+        query. With fewer than two observations the policy's first draw is the query.
+        Gradients flow through the chosen draw (without ``snap``)."""
         x, rs = self.propose(rs, u, z)
         if gp.n < 2:
             return x[:, 0], rs
