@@ -31,7 +31,8 @@ Scalar = str | int | float | bool | None
 
 
 def _is_real(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+    # The exact types first: every told or read value is one, and the ABC check is slow.
+    return type(v) in (float, int) or (isinstance(v, numbers.Real) and not isinstance(v, bool))
 
 
 def _is_integral(v: Any) -> bool:
@@ -329,7 +330,7 @@ class Space:
             raise SpaceError(f"expected a point of shape ({self.dim},), got {u.shape}")
         if not np.all(np.isfinite(u)):
             raise SpaceError(f"point has non-finite coordinates: {u.tolist()}")
-        return {n: p.decode(float(x)) for (n, p), x in zip(self.params.items(), u, strict=True)}
+        return {n: p.decode(x) for (n, p), x in zip(self.params.items(), u.tolist(), strict=True)}
 
     # -- files -----------------------------------------------------------------
     def to_dict(self) -> dict[str, dict[str, Any]]:

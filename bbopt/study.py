@@ -6,7 +6,8 @@ import math
 import numbers
 import secrets
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, overload
 
 import numpy as np
@@ -49,6 +50,35 @@ def trial_id(trial: Any) -> int:
     if isinstance(number, bool) or not isinstance(number, int | np.integer):
         raise TrialError(f"trial must be a Trial or an integer id, got {trial!r}")
     return int(number)
+
+
+
+@dataclass(frozen=True)
+class _Head:
+    """The parts of a run of trials that a history needs: the complete trials, their
+    unit-cube points and values (as told), the failed trials' points, and whether a
+    complete trial has a gradient."""
+
+    done: list[Trial]
+    X: np.ndarray
+    y: np.ndarray
+    failed: np.ndarray
+    grads: bool
+
+    @classmethod
+    def empty(cls, dim: int) -> _Head:
+        return cls([], np.zeros((0, dim)), np.zeros(0), np.zeros((0, dim)), False)
+
+    def extend(self, trials: Sequence[Trial], cube: Callable[[Sequence[Trial]], np.ndarray]
+               ) -> _Head:
+        """These parts followed by those of ``trials`` (new arrays; pending trials are
+        left out)."""
+        done = [t for t in trials if t.state is TrialState.COMPLETE]
+        failed = [t for t in trials if t.state is TrialState.FAILED]
+        return _Head(self.done + done, np.concatenate([self.X, cube(done)]),
+                     np.concatenate([self.y, np.array([t.value for t in done], dtype=float)]),
+                     np.concatenate([self.failed, cube(failed)]),
+                     self.grads or any("grad" in t.info for t in done))
 
 
 class Study:
@@ -115,6 +145,8 @@ class Study:
         # Trial id -> (params, unit-cube point): every ask reads the whole history, and
         # validating and encoding each trial again would dominate a fast optimizer's ask.
         self._encoded: dict[int, tuple[dict[str, Any], np.ndarray]] = {}
+        # The last history's leading run of finished trials and their parts (see history).
+        self._head: tuple[list[Trial], _Head] = ([], _Head.empty(self.space.dim))
         if built is None:  # an existing study, or one that another process created first
             built = make_optimizer(self.method, self.space.dim, record.seed, self._options)
         if not self.space.continuous:
@@ -210,17 +242,27 @@ class Study:
         return self._storage.fail_stale(self._record.id, grace)
 
     def history(self, trials: Sequence[Trial] | None = None) -> History:
-        """The trials as the optimizer sees them: unit cube, values to minimize."""
-        trials = self.trials if trials is None else trials
+        """The trials as the optimizer sees them: unit cube, values to minimize.
+
+        Finished trials never change, so the parts of the leading run of finished trials
+        are kept from one call to the next and only the trials after it are read: the
+        store hands each ask the same trial objects, and the list comparison below tests
+        identity before equality."""
+        trials = list(self.trials if trials is None else trials)
         sign = 1.0 if self.direction == "minimize" else -1.0
-
-        def cube(ts: list[Trial]) -> np.ndarray:
-            return np.array([self._encode(t) for t in ts]).reshape(len(ts), self.space.dim)
-
-        done = [t for t in trials if t.state is TrialState.COMPLETE]
-        y = np.array([sign * t.value for t in done], dtype=float)
+        known, head = self._head
+        if trials[:len(known)] != known:
+            known, head = [], _Head.empty(self.space.dim)
+        tail = trials[len(known):]
+        lead = next((i for i, t in enumerate(tail) if t.state is TrialState.PENDING), len(tail))
+        if lead:
+            head = head.extend(tail[:lead], self._cube)
+            self._head = (trials[:len(known) + lead], head)
+        rest = head.extend(tail[lead:], self._cube) if lead < len(tail) else head
+        done = rest.done
+        y = sign * rest.y
         grads = None
-        if any("grad" in t.info for t in done):
+        if rest.grads:
             grads = np.full((len(done), self.space.dim), np.nan)
             for i, t in enumerate(done):
                 if "grad" in t.info:
@@ -231,13 +273,13 @@ class Study:
             shift = VALUE_LIMIT_EXPONENT - math.frexp(top)[1]
             y = np.ldexp(y, shift)
             grads = None if grads is None else np.ldexp(grads, shift)
-        return History(
-            X=cube(done),
-            y=y,
-            pending=cube([t for t in trials if t.state is TrialState.PENDING]),
-            failed=cube([t for t in trials if t.state is TrialState.FAILED]),
-            grads=grads,
-        )
+        pending = [t for t in tail[lead:] if t.state is TrialState.PENDING]
+        return History(X=rest.X.copy(), y=y, pending=self._cube(pending),
+                       failed=rest.failed.copy(), grads=grads)
+
+    def _cube(self, trials: Sequence[Trial]) -> np.ndarray:
+        """The unit-cube points (len(trials), dim) of ``trials``."""
+        return np.array([self._encode(t) for t in trials]).reshape(len(trials), self.space.dim)
 
     def _encode(self, trial: Trial) -> np.ndarray:
         hit = self._encoded.get(trial.id)

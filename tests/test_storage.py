@@ -288,3 +288,38 @@ def test_sqlite_asks_through_the_driver_read_and_write_what_sqlalchemy_does(tmp_
     assert via_sqlalchemy[-1] == d and via_sqlalchemy[2].info == {"heartbeat": True}
     assert all(isinstance(t.created_at, datetime) for t in via_sqlalchemy)
     assert study.fail_stale_trials(1e-6)[0].id == c.id  # heartbeat dates written by the driver
+
+
+def test_sqlite_ask_rolls_back_on_errors_and_reports_a_locked_database(tmp_path):
+    """The SQLite ask runs its own transaction on the driver (``_ask_transaction``): a
+    proposal that raises stores nothing, a database another writer holds is a
+    StorageError that stores nothing, and the store works on afterwards."""
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    from bbopt.storage import SQLStorage
+
+    path = tmp_path / "l.db"
+    store = SQLStorage(f"sqlite:///{path}")
+    sa.event.listen(store.engine, "connect",
+                    lambda conn, _: conn.execute("PRAGMA busy_timeout = 200"))
+    store.engine.dispose()  # new connections wait 200 ms for a lock, not a minute
+    record = store.create_study("l", SPACE.to_dict(), "minimize", "random", {}, 0)
+
+    def broken(history):
+        raise RuntimeError("optimizer crashed")
+
+    with pytest.raises(RuntimeError, match="crashed"):
+        store.ask(record.id, broken)
+    assert store.trials(record.id) == []
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process writing
+    with pytest.raises(StorageError, match="database error.*locked"):
+        store.ask(record.id, lambda h: [({"x": 0.5, "k": 2}, {})])
+    other.execute("ROLLBACK")
+    other.close()
+    assert store.trials(record.id) == []
+    (trial,) = store.ask(record.id, lambda h: [({"x": 0.5, "k": 2}, {})])
+    assert store.trials(record.id) == [trial]
+    assert Study.load("l", f"sqlite:///{path}").trials == [trial]

@@ -202,6 +202,9 @@ def test_sobol_points_are_the_sequence_whatever_the_mode_and_order():
         assert np.array_equal(sobol_points(3, 11, 4, 5), fresh[4:9])
     assert np.array_equal(sobol_points(3, 11, 0, 12), fresh)
     assert np.array_equal(sobol_points(3, 11, 9, 3), fresh[9:])
+    # one point after another, as a sequential study asks, then back again
+    assert np.array_equal(np.concatenate([sobol_points(3, 11, i, 1) for i in range(12)]), fresh)
+    assert np.array_equal(sobol_points(3, 11, 2, 2), fresh[2:4])
     assert not np.array_equal(sobol_points(3, 12, 0, 12), fresh)
 
 
@@ -241,3 +244,58 @@ def test_history_scales_large_values_and_their_gradients_alike():
     t = small.ask()
     small.tell(t, 3.0, grad={"x": 2.0})
     assert small.history().y[0] == 3.0 and small.history().grads[0, 0] == 2.0
+
+
+@pytest.mark.parametrize("direction, floats", [("minimize", False), ("maximize", True)])
+def test_history_kept_between_asks_is_the_history_built_afresh(tmp_path, direction, floats):
+    """A study keeps the parts of its leading finished trials from one ask to the next;
+    what each ask's optimizer sees, and ``history()``, must be what a study that keeps
+    nothing builds from the same trials, whatever the order of tells, failures, adds,
+    gradients and a changed trial list."""
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    space = Space({"x": Float(-2, 2), "n": Float(1, 3), "c": Float(0, 1)}) if floats else SPACE
+    study = Study(space, method="random", seed=0, storage=url, name="h", direction=direction)
+    seen = []
+    propose = study._optimizer.propose
+
+    def spy(history, n):
+        seen.append((history, [bbopt.Trial.from_dict(t.to_dict()) for t in study.trials]))
+        return propose(history, n)
+
+    study._optimizer.propose = spy
+    rng = np.random.default_rng(0)
+    pending = []
+    for step in range(60):
+        pending += study.ask(int(rng.integers(1, 4)))
+        rng.shuffle(pending)  # tells out of order: finished trials behind pending ones
+        for t in pending[:int(rng.integers(0, 3))]:
+            if rng.random() < 0.2:
+                study.tell(t, failed=True)
+            else:
+                grad = [1.0, 2.0, -1.0] if floats and 40 <= step < 45 else None
+                study.tell(t, f(t.params), grad=grad)
+        pending = [t for t in pending if t.state is TrialState.PENDING
+                   and study.trials[t.id].state is TrialState.PENDING]
+        if step % 17 == 0:
+            study.add({"x": 0.1, "n": 2, "c": 0.5 if floats else "a"}, 1.0)
+    fresh = Study.load("h", url)  # nothing kept
+    for history, trials in seen + [(study.history(), study.trials)]:
+        expected = fresh.history(trials)
+        for name in ("X", "y", "pending", "failed"):
+            assert np.array_equal(getattr(history, name), getattr(expected, name)), name
+        assert (history.grads is None) == (expected.grads is None)
+        if history.grads is not None:
+            assert np.array_equal(history.grads, expected.grads, equal_nan=True)
+    assert (seen[-1][0].grads is not None) == floats and len(seen[-1][0].failed) > 0
+    # A trial list that is not an extension of the kept one (another study's, a subset)
+    part = study.trials[5:30]
+    assert np.array_equal(study.history(part).X, fresh.history(part).X)
+    assert np.array_equal(study.history().X, fresh.history().X)
+    for t in study.trials:
+        if t.state is TrialState.PENDING:
+            study.tell(t, f(t.params))
+    h = study.history()
+    h.X[:], h.failed[:] = -1.0, -1.0  # an optimizer writing into its history changes nothing
+    assert study._head[0] == study.trials  # ... kept, here every trial
+    again, expected = study.history(), fresh.history()
+    assert np.array_equal(again.X, expected.X) and np.array_equal(again.failed, expected.failed)

@@ -37,6 +37,9 @@ class LSTMCore(RecurrentCore):
         new: list[torch.Tensor] = []
         h = x
         for i, cell in enumerate(self.cells):
-            h, c = cell(h, (state[2 * i], state[2 * i + 1]))
+            # The cell's own op, without nn.LSTMCell's call and checks (a fifth of its
+            # cost at inference's few rows).
+            h, c = torch.lstm_cell(h, (state[2 * i], state[2 * i + 1]), cell.weight_ih,
+                                   cell.weight_hh, cell.bias_ih, cell.bias_hh)
             new += [h, c]
         return h, tuple(new)

@@ -92,7 +92,8 @@ class GPScreen:
             torch.full((batch, 1), math.log(NOISE_START), **self.opts)], dim=1)
         self._m, self._v, self._steps = torch.zeros_like(self.theta), torch.zeros_like(
             self.theta), 0
-        # (theta, L, alpha, Ys): the factorization that scores candidates.
+        # (theta, inverse squared lengthscales, L, alpha, Ys): the factorization that
+        # scores candidates.
         self._fit: tuple[torch.Tensor, ...] | None = None
 
     @property
@@ -132,8 +133,8 @@ class GPScreen:
         b1, b2 = 0.9, 0.999
         for _ in range(FIT_STEPS):
             theta = self.theta
-            g, L, alpha = self._gradient(theta, X, Ys)
-            self._fit = (theta, L, alpha, Ys)
+            g, inv_ls2, L, alpha = self._gradient(theta, X, Ys)
+            self._fit = (theta, inv_ls2, L, alpha, Ys)
             g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
             self._steps += 1
             self._m = b1 * self._m + (1 - b1) * g
@@ -143,11 +144,11 @@ class GPScreen:
             self.theta = torch.minimum(torch.maximum(theta - step, self._lo), self._hi)
 
     def _gradient(self, theta: torch.Tensor, X: torch.Tensor, Ys: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Gradient (B, d + 1) of the negative log marginal likelihood of standardized
         values ``Ys`` (B, n) at points ``X`` (B, n, d) plus the lengthscales' log-normal
         prior, with respect to ``theta`` (log lengthscales, log noise). Also returns the
-        Cholesky factor and ``a = K^-1 y`` it computed. dNLL/dK = (K^-1 - a a^T) / 2 =: W / 2
+        inverse squared lengthscales, the Cholesky factor and ``a = K^-1 y`` it computed. dNLL/dK = (K^-1 - a a^T) / 2 =: W / 2
         and dK_ij/dlog(l_k) = s_ij (x_ik - x_jk)^2 / l_k^2, so with the symmetric M = W * s
         the sum over i, j of M_ij (x_ik - x_jk)^2 is 2 (M 1)^T x_k^2 - 2 x_k^T M x_k: two
         matrix products, no (n, n, d) array of coordinate differences."""
@@ -163,7 +164,7 @@ class GPScreen:
         g = torch.cat([
             quad * inv_ls2 + (theta[:, :d] - self._prior_mean) / LENGTHSCALE_PRIOR[1] ** 2,
             0.5 * (noise * W.diagonal(dim1=-2, dim2=-1).sum(-1)).unsqueeze(-1)], dim=1)
-        return g, L, a
+        return g, inv_ls2, L, a
 
     def _factor(self, theta: torch.Tensor, X: torch.Tensor, Ys: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,8 +193,7 @@ class GPScreen:
                              f"({self.batch}, K, {self.dim})")
         if self.n < 2 or self._fit is None:
             raise ValueError("the screen needs at least two observations")
-        theta, L, alpha, Ys = self._fit
-        inv_ls2 = torch.exp(-2 * theta[:, :self.dim])
+        theta, inv_ls2, L, alpha, Ys = self._fit
         X, best = self.X, Ys.min(1).values.unsqueeze(1)
         if pending is not None and pending.shape[1]:
             P = pending.detach().to(**self.opts)

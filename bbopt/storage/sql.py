@@ -77,9 +77,10 @@ class StudyRecord:
     created_at: datetime
 
 
-def _driver(conn: Connection) -> Any:
-    """The DBAPI connection under ``conn`` (in its transaction)."""
-    return conn.connection.dbapi_connection
+def _driver(conn: Connection | sqlite3.Connection) -> Any:
+    """The DBAPI connection under ``conn`` (in its transaction), or ``conn`` itself when it
+    is one (the ask's, ``SQLStorage._ask_transaction``)."""
+    return conn if isinstance(conn, sqlite3.Connection) else conn.connection.dbapi_connection
 
 
 def _now() -> datetime:
@@ -236,6 +237,34 @@ class SQLStorage:
                                    f"{getattr(e, 'orig', None) or e}") from None
 
     @contextmanager
+    def _ask_transaction(self, study_id: int) -> Iterator[Connection | sqlite3.Connection]:
+        """The ask's write transaction. On SQLite it runs on the driver's connection
+        (``BEGIN IMMEDIATE`` .. ``COMMIT``, rolled back on any error), with the ask's
+        statements (``_DriverSQL``): SQLAlchemy's begin and commit cost about 100 us more,
+        a twentieth of a learned ask. Elsewhere it is ``_transaction``."""
+        if self._driver_sql is None:
+            with self._transaction(study_id) as conn:
+                yield conn
+            return
+        with self._lock:
+            try:
+                pooled = self.engine.raw_connection()
+                try:
+                    driver = pooled.driver_connection
+                    driver.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield driver
+                    except BaseException:
+                        driver.rollback()
+                        raise
+                    driver.commit()
+                finally:
+                    pooled.close()  # back to the pool, which rolls back what is left
+            except (OperationalError, sqlite3.OperationalError) as e:
+                raise StorageError(f"database error on {self._safe_url()}: "
+                                   f"{getattr(e, 'orig', None) or e}") from None
+
+    @contextmanager
     def _read(self) -> Iterator[Connection]:
         with self._lock:
             try:
@@ -319,7 +348,7 @@ class SQLStorage:
             info={} if row.info == "{}" else json.loads(row.info),
         )
 
-    def _trials(self, conn: Connection, study_id: int) -> list[Trial]:
+    def _trials(self, conn: Connection | sqlite3.Connection, study_id: int) -> list[Trial]:
         """The study's trials in id order. A finished trial never changes, so this process
         keeps the leading run of finished trials it has read (shared objects: callers
         outside this class get copies, see ``trials``) and reads only the rows after it:
@@ -348,7 +377,7 @@ class SQLStorage:
         with self._read() as conn:
             return [_copy(t) for t in self._trials(conn, study_id)]
 
-    def _insert(self, conn: Connection, study_id: int, number: int, params: dict[str, Any],
+    def _insert(self, conn: Connection | sqlite3.Connection, study_id: int, number: int, params: dict[str, Any],
                 state: TrialState = TrialState.PENDING, value: float | None = None,
                 info: dict[str, Any] | None = None, **cols: Any) -> Trial:
         """Store one trial; returns it as a later read will (no second round trip)."""
@@ -373,7 +402,7 @@ class SQLStorage:
         """Atomically: read the study's trials, call ``propose(trials)`` for a list of
         (params, info) pairs, and store each as a new pending trial (with ``heartbeat``,
         one whose worker will send heartbeats, so that it can go stale)."""
-        with self._transaction(study_id) as conn:
+        with self._ask_transaction(study_id) as conn:
             history = self._trials(conn, study_id)
             proposals = propose(history)
             start = len(history)
