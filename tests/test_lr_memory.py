@@ -124,3 +124,22 @@ def test_group_lr_and_schedulers_scale_the_memorys_rates():
     assert [g["lr"] for g in again.param_groups] == [0.1, 0.1]
     with pytest.raises(ValueError, match="lr must be a number >= 0"):
         bbopt.LRMemory([{"params": [a], "lr": -1.0}])
+
+
+def test_a_group_added_later_is_checked_and_stepped():
+    """``add_param_group`` after construction (fine-tuning a new head, say): a bad lr is
+    refused with nothing added, a good group is stepped at its own scale."""
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    opt = bbopt.LRMemory([a], lr=0.1, meta_lr=0.0)
+    for bad in (-1.0, "0.1", True, float("nan")):
+        with pytest.raises(ValueError, match="lr must be a number >= 0"):
+            opt.add_param_group({"params": [b], "lr": bad})
+    assert len(opt.param_groups) == 1 and len(opt.base.param_groups) == 1
+    opt.add_param_group({"params": [b], "lr": 0.05})
+    a.grad, b.grad = torch.ones(3), torch.ones(2)
+    opt.step()
+    assert torch.allclose(a.detach(), torch.full((3,), 0.9))
+    assert torch.allclose(b.detach(), torch.full((2,), 0.95))
+    again = bbopt.LRMemory([{"params": [a]}, {"params": [b], "lr": 0.05}], lr=0.1)
+    again.load_state_dict(opt.state_dict())
+    assert [g["lr"] for g in again.param_groups] == [0.1, 0.05]

@@ -69,10 +69,6 @@ class LRMemory(torch.optim.Optimizer):
         if not 0 < lo < hi:
             raise ValueError(f"lr_bounds must be 0 < low < high, got {lr_bounds}")
         super().__init__(params, {"lr": float(lr)})
-        for group in self.param_groups:
-            lr_g = group["lr"]
-            if isinstance(lr_g, bool) or not isinstance(lr_g, int | float) or not lr_g >= 0:
-                raise ValueError(f"a param group's lr must be a number >= 0, got {lr_g!r}")
         self.meta_lr = float(meta_lr)
         self.log_bounds = (math.log(lo), math.log(hi))
         if memory is not None:
@@ -90,9 +86,10 @@ class LRMemory(torch.optim.Optimizer):
                 raise ValueError("width must be positive")
             self.centers, self.width = c, w
             self.log_lr = torch.full_like(c, math.log(lr))
-        params_all = [p for g in self.param_groups for p in g["params"]]
         self.base_lr = float((base_options or {}).get("lr", lr))
-        self.base = base(params_all, **{"lr": self.base_lr, **(base_options or {})})
+        # One base group per group, here and in add_param_group: their states match.
+        self.base = base([{"params": g["params"]} for g in self.param_groups],
+                         **{"lr": self.base_lr, **(base_options or {})})
 
     # -- the memory -----------------------------------------------------------------------
 
@@ -127,6 +124,16 @@ class LRMemory(torch.optim.Optimizer):
         self.log_lr.clamp_(*self.log_bounds)
 
     # -- torch.optim.Optimizer ------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (torch's contract); its ``lr``, if given, must be a number >= 0. A
+        group added after construction is stepped by the base optimizer too."""
+        lr_g = param_group.get("lr", self.defaults["lr"])
+        if isinstance(lr_g, bool) or not isinstance(lr_g, int | float) or not lr_g >= 0:
+            raise ValueError(f"a param group's lr must be a number >= 0, got {lr_g!r}")
+        super().add_param_group(param_group)
+        if hasattr(self, "base"):
+            self.base.add_param_group({"params": self.param_groups[-1]["params"]})
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
