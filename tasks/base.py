@@ -48,6 +48,18 @@ _REGISTRY: dict[str, Task] = {}
 # Modules that register the built-in tasks, imported on first lookup.
 _BUILTIN_MODULES = ("bbopt.tasks.synthetic", "bbopt.tasks.hpo", "bbopt.tasks.gp_prior")
 
+#: The held-out GP-prior benchmark functions (``bbopt.tasks.gp_prior``): this many
+#: samples in each of these dimensions, named by ``gp_task_name``.
+GP_HELD_OUT_DIMS = (2, 4, 8)
+GP_HELD_OUT_SAMPLES = 4
+
+
+def gp_task_name(dim: int, index: int) -> str:
+    """``gp{dim}`` for held-out sample 0 (the one-function suite), ``gp{dim}-{index}``
+    after it."""
+    return f"gp{dim}" + (f"-{index}" if index else "")
+
+
 SUITES: dict[str, list[str]] = {
     "synthetic": [
         "branin",
@@ -64,10 +76,11 @@ SUITES: dict[str, list[str]] = {
         "michalewicz5",
     ],
     "quick": ["branin", "hartmann3"],
-    "gp-prior": ["gp2", "gp4", "gp8"],
+    "gp-prior": [gp_task_name(d, 0) for d in GP_HELD_OUT_DIMS],
     # Four held-out samples per dimension (the three above and three more each): the
     # one-function suite's medians are over seeds of a single function.
-    "gp-prior-4": [f"gp{d}{s}" for d in (2, 4, 8) for s in ("", "-1", "-2", "-3")],
+    "gp-prior-4": [gp_task_name(d, i) for d in GP_HELD_OUT_DIMS
+                   for i in range(GP_HELD_OUT_SAMPLES)],
     "hpo": ["digits_mlp", "breast_cancer_gbm", "wine_svm"],
 }
 

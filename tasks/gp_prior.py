@@ -423,14 +423,9 @@ class GPFunctions:
 HELD_OUT_SEED = 777_000_000
 
 
-def _held_out_name(dim: int, index: int) -> str:
-    """``gp{dim}`` for sample 0 (the one-function suite), ``gp{dim}-{index}`` after it."""
-    return f"gp{dim}" + (f"-{index}" if index else "")
-
-
 def _held_out(dim: int, index: int = 0) -> Any:
     """Held-out sample ``index`` in ``dim`` dimensions, as a task."""
-    from bbopt.tasks.base import Task
+    from bbopt.tasks.base import Task, gp_task_name
 
     from bbopt.space import Float, Space
 
@@ -443,7 +438,7 @@ def _held_out(dim: int, index: int = 0) -> Any:
         x = torch.tensor([[float(params[n]) for n in names]], dtype=torch.float64)
         return float(fn(x))
 
-    return Task(_held_out_name(dim, index),
+    return Task(gp_task_name(dim, index),
                 Space({n: Float(0.0, 1.0) for n in names}), value, optimum=float(f_min),
                 description=f"a held-out {dim}-D GP-prior sample (kernel {fn.kernels[0]}), "
                             "never trained on")
@@ -452,11 +447,11 @@ def _held_out(dim: int, index: int = 0) -> Any:
 def _register_held_out() -> None:
     from functools import partial
 
-    from bbopt.tasks.base import register_lazy
+    from bbopt.tasks.base import GP_HELD_OUT_DIMS, GP_HELD_OUT_SAMPLES, gp_task_name, register_lazy
 
-    for dim in (2, 4, 8):
-        for index in range(4):
-            register_lazy(_held_out_name(dim, index), partial(_held_out, dim, index))
+    for dim in GP_HELD_OUT_DIMS:
+        for index in range(GP_HELD_OUT_SAMPLES):
+            register_lazy(gp_task_name(dim, index), partial(_held_out, dim, index))
 
 
 _register_held_out()
