@@ -185,3 +185,26 @@ def test_subspace_candidates_redraw_a_few_of_the_incumbents_coordinates():
     assert torch.equal(cands[:, m:], uniform[:, m:])
     with pytest.raises(ValueError, match="subspace draws"):
         policy.propose_screened(rs, gp, u, z, uniform, subspace=torch.rand(2, k + 1, d))
+
+
+def test_steps_skipped_on_the_cpu_would_change_nothing(monkeypatch):
+    """The far-tail log-EI and the repeat test run on the CPU only when some entry needs
+    them, on an accelerator always (no device sync): both ways must score alike."""
+    import bbopt.nets.screen as screen_module
+
+    g = torch.Generator().manual_seed(3)
+    X, Y = torch.rand(2, 12, 3, generator=g, dtype=torch.float64), torch.rand(2, 12, generator=g)
+    Y[:, 0] = -1e6  # an outlying incumbent
+    gp = _observed(X, Y)
+    C = torch.cat([X[:, :2], torch.rand(2, 20, 3, generator=g, dtype=torch.float64)], dim=1)
+    us = torch.tensor([-3e5, -2e4, -50.0, -1.0, 0.5], dtype=torch.float64)
+    far = torch.rand(2, 20, 3, generator=g, dtype=torch.float64)  # no repeats among them
+
+    def scores():
+        return [gp.log_ei(C), gp.log_ei(far), log_ei(us), log_ei(us[2:])]
+
+    skipped = scores()
+    monkeypatch.setattr(screen_module, "_may_hold", lambda mask: True)
+    for a, b in zip(skipped, scores(), strict=True):
+        assert torch.equal(a, b)
+    assert (skipped[0][:, :2] == -math.inf).all() and torch.isfinite(skipped[0][:, 2:]).all()

@@ -63,7 +63,7 @@ def log_ei(u: torch.Tensor) -> torch.Tensor:
     t = (-u).clamp(min=1.0, max=1e4)
     ratio = 1.0 - t * _SQRT_PI_2 * torch.special.erfcx(t / math.sqrt(2.0))
     tail = log_phi + torch.log(ratio.clamp_min(1e-300))
-    if (u <= -1e4).any():  # rare: skipped, the where below would not take it
+    if _may_hold(u <= -1e4):  # rare: skipped, the where below would not take it
         far = log_phi - 2 * torch.log((-u).clamp_min(1.0))  # 1 - tR(t) = 1/t^2 + O(t^-4)
         tail = torch.where(u > -1e4, tail, far)
     return torch.where(u > -1.0, direct, tail)
@@ -209,9 +209,16 @@ class GPScreen:
         # pairs within the scaled distance that REPEAT_TOL in every coordinate allows
         # (with room for rounding) can be repeats; the max-norm decides for those.
         near = r <= (1.001 * REPEAT_TOL) * inv_ls2.sum(-1).sqrt()[:, None, None]
-        if near.any():
+        if _may_hold(near):
             near &= torch.cdist(X, C, p=math.inf) <= REPEAT_TOL
         return score.masked_fill(near.any(1), -math.inf)
+
+
+def _may_hold(mask: torch.Tensor) -> bool:
+    """Whether a step needed only where ``mask`` holds must run: on the CPU, when some
+    entry holds; on an accelerator always (the step is exact either way, and asking
+    would wait for the device at every step of a batched rollout)."""
+    return mask.device.type != "cpu" or bool(mask.any())
 
 
 def _distance(A: torch.Tensor, B: torch.Tensor, inv_ls2: torch.Tensor) -> torch.Tensor:
