@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bbopt.nets.base import RecurrentCore, State
+from bbopt.nets.lstm import run_cells
 
 EPS = 1e-6
 
@@ -166,11 +167,7 @@ class DNCCore(RecurrentCore):
         memory, usage, link, precedence, read_w, write_w, read_vec = state[n_ctrl:]
         n, r, w = x.shape[0], self.read_heads, self.word_size
 
-        new: list[torch.Tensor] = []
-        h = torch.cat([x, read_vec.reshape(n, r * w)], dim=-1)
-        for i, cell in enumerate(self.cells):
-            h, c = cell(h, (state[2 * i], state[2 * i + 1]))
-            new += [h, c]
+        h, new = run_cells(self.cells, torch.cat([x, read_vec.reshape(n, r * w)], dim=-1), state)
 
         (w_key, w_str, erase, w_vec, free, alloc_g, write_g, r_keys, r_str,
          modes) = torch.split(self.interface(h), self._split, dim=-1)
