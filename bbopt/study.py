@@ -52,7 +52,6 @@ def trial_id(trial: Any) -> int:
     return int(number)
 
 
-
 @dataclass(frozen=True)
 class _Head:
     """The parts of a run of trials that a history needs: the complete trials, their

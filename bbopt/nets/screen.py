@@ -148,10 +148,11 @@ class GPScreen:
         """Gradient (B, d + 1) of the negative log marginal likelihood of standardized
         values ``Ys`` (B, n) at points ``X`` (B, n, d) plus the lengthscales' log-normal
         prior, with respect to ``theta`` (log lengthscales, log noise). Also returns the
-        inverse squared lengthscales, the Cholesky factor and ``a = K^-1 y`` it computed. dNLL/dK = (K^-1 - a a^T) / 2 =: W / 2
-        and dK_ij/dlog(l_k) = s_ij (x_ik - x_jk)^2 / l_k^2, so with the symmetric M = W * s
-        the sum over i, j of M_ij (x_ik - x_jk)^2 is 2 (M 1)^T x_k^2 - 2 x_k^T M x_k: two
-        matrix products, no (n, n, d) array of coordinate differences."""
+        inverse squared lengthscales, the Cholesky factor and ``a = K^-1 y`` it computed.
+        dNLL/dK = (K^-1 - a a^T) / 2 =: W / 2 and dK_ij/dlog(l_k) = s_ij (x_ik - x_jk)^2 /
+        l_k^2, so with the symmetric M = W * s the sum over i, j of M_ij (x_ik - x_jk)^2 is
+        2 (M 1)^T x_k^2 - 2 x_k^T M x_k: two matrix products, no (n, n, d) array of
+        coordinate differences."""
         d = self.dim
         inv_ls2, noise = torch.exp(-2 * theta[:, :d]), theta[:, d].exp()
         K, dk = _matern(_distance(X, X, inv_ls2), slope=True)

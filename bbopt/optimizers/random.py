@@ -20,9 +20,9 @@ def sobol_points(dim: int, seed: int, start: int, n: int) -> np.ndarray:
     """
     # The cached engine's tensors must be normal ones, whatever mode the caller is in
     # (an engine made under inference mode cannot be reset outside it).
-    # A sequential study asks for the point after the last one drawn: the engine is there.
     with _SOBOL_LOCK, torch.inference_mode(False), torch.no_grad():
         engine = _scrambled(dim, seed)
+        # A sequential study asks for the point after the last one drawn: it is there.
         if engine.num_generated != start:
             engine.reset()
             if start:

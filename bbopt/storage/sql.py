@@ -240,8 +240,8 @@ class SQLStorage:
     def _ask_transaction(self, study_id: int) -> Iterator[Connection | sqlite3.Connection]:
         """The ask's write transaction. On SQLite it runs on the driver's connection
         (``BEGIN IMMEDIATE`` .. ``COMMIT``, rolled back on any error), with the ask's
-        statements (``_DriverSQL``): SQLAlchemy's begin and commit cost about 100 us more,
-        a twentieth of a learned ask. Elsewhere it is ``_transaction``."""
+        statements (``_DriverSQL``): SQLAlchemy's begin and commit cost about 100 us more
+        per ask. Elsewhere it is ``_transaction``."""
         if self._driver_sql is None:
             with self._transaction(study_id) as conn:
                 yield conn
@@ -377,9 +377,10 @@ class SQLStorage:
         with self._read() as conn:
             return [_copy(t) for t in self._trials(conn, study_id)]
 
-    def _insert(self, conn: Connection | sqlite3.Connection, study_id: int, number: int, params: dict[str, Any],
-                state: TrialState = TrialState.PENDING, value: float | None = None,
-                info: dict[str, Any] | None = None, **cols: Any) -> Trial:
+    def _insert(self, conn: Connection | sqlite3.Connection, study_id: int, number: int,
+                params: dict[str, Any], state: TrialState = TrialState.PENDING,
+                value: float | None = None, info: dict[str, Any] | None = None,
+                **cols: Any) -> Trial:
         """Store one trial; returns it as a later read will (no second round trip)."""
         text, info_text, now = json.dumps(params), json.dumps(info or {}), _now()
         values = {"study_id": study_id, "number": number, "params": text, "state": state.value,
