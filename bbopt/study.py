@@ -257,7 +257,8 @@ class Study:
         if lead:
             head = head.extend(tail[:lead], self._cube)
             self._head = (trials[:len(known) + lead], head)
-        rest = head.extend(tail[lead:], self._cube) if lead < len(tail) else head
+        after = tail[lead:]  # from the first pending trial on
+        rest = head.extend(after, self._cube) if after else head
         done = rest.done
         y = sign * rest.y
         grads = None
@@ -272,7 +273,7 @@ class Study:
             shift = VALUE_LIMIT_EXPONENT - math.frexp(top)[1]
             y = np.ldexp(y, shift)
             grads = None if grads is None else np.ldexp(grads, shift)
-        pending = [t for t in tail[lead:] if t.state is TrialState.PENDING]
+        pending = [t for t in after if t.state is TrialState.PENDING]
         return History(X=rest.X.copy(), y=y, pending=self._cube(pending),
                        failed=rest.failed.copy(), grads=grads)
 

@@ -220,21 +220,27 @@ class SQLStorage:
 
     # -- transactions -----------------------------------------------------------
     @contextmanager
-    def _transaction(self, study_id: int | None = None) -> Iterator[Connection]:
-        """A write transaction; with ``study_id``, it holds that study's lock."""
+    def _locked(self) -> Iterator[None]:
+        """This store's in-process lock, with database errors (through SQLAlchemy or
+        from the driver, ``_DriverSQL``) raised as StorageError."""
         with self._lock:
             try:
-                with self.engine.begin() as conn:
-                    if study_id is not None and not self.is_sqlite:
-                        conn.execute(
-                            sa.select(studies_table.c.id)
-                            .where(studies_table.c.id == study_id)
-                            .with_for_update()
-                        )
-                    yield conn
-            except (OperationalError, sqlite3.OperationalError) as e:  # driver: _DriverSQL
+                yield
+            except (OperationalError, sqlite3.OperationalError) as e:
                 raise StorageError(f"database error on {self._safe_url()}: "
                                    f"{getattr(e, 'orig', None) or e}") from None
+
+    @contextmanager
+    def _transaction(self, study_id: int | None = None) -> Iterator[Connection]:
+        """A write transaction; with ``study_id``, it holds that study's lock."""
+        with self._locked(), self.engine.begin() as conn:
+            if study_id is not None and not self.is_sqlite:
+                conn.execute(
+                    sa.select(studies_table.c.id)
+                    .where(studies_table.c.id == study_id)
+                    .with_for_update()
+                )
+            yield conn
 
     @contextmanager
     def _ask_transaction(self, study_id: int) -> Iterator[Connection | sqlite3.Connection]:
@@ -246,33 +252,24 @@ class SQLStorage:
             with self._transaction(study_id) as conn:
                 yield conn
             return
-        with self._lock:
+        with self._locked():
+            pooled = self.engine.raw_connection()
             try:
-                pooled = self.engine.raw_connection()
+                driver = pooled.driver_connection
+                driver.execute("BEGIN IMMEDIATE")
                 try:
-                    driver = pooled.driver_connection
-                    driver.execute("BEGIN IMMEDIATE")
-                    try:
-                        yield driver
-                    except BaseException:
-                        driver.rollback()
-                        raise
-                    driver.commit()
-                finally:
-                    pooled.close()  # back to the pool, which rolls back what is left
-            except (OperationalError, sqlite3.OperationalError) as e:
-                raise StorageError(f"database error on {self._safe_url()}: "
-                                   f"{getattr(e, 'orig', None) or e}") from None
+                    yield driver
+                except BaseException:
+                    driver.rollback()
+                    raise
+                driver.commit()
+            finally:
+                pooled.close()  # back to the pool, which rolls back what is left
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self._lock:
-            try:
-                with self.engine.connect().execution_options(bbopt_read=True) as conn:
-                    yield conn
-            except (OperationalError, sqlite3.OperationalError) as e:  # driver: _DriverSQL
-                raise StorageError(f"database error on {self._safe_url()}: "
-                                   f"{getattr(e, 'orig', None) or e}") from None
+        with self._locked(), self.engine.connect().execution_options(bbopt_read=True) as conn:
+            yield conn
 
     # -- studies ------------------------------------------------------------------
     def create_study(
