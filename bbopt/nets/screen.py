@@ -167,12 +167,12 @@ class GPScreen:
             0.5 * (noise * W.diagonal(dim1=-2, dim2=-1).sum(-1)).unsqueeze(-1)], dim=1)
         return g, inv_ls2, L, a
 
-    def _factor(self, theta: torch.Tensor, X: torch.Tensor, Ys: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cholesky factor and ``K^-1 y`` at hyperparameters ``theta``."""
-        d = self.dim
-        K, _ = _matern(_distance(X, X, torch.exp(-2 * theta[:, :d])))
-        L = _cholesky(K, theta[:, d].exp())
+    def _factor(self, theta: torch.Tensor, inv_ls2: torch.Tensor, X: torch.Tensor,
+                Ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cholesky factor and ``K^-1 y`` at hyperparameters ``theta`` (whose inverse
+        squared lengthscales are ``inv_ls2``)."""
+        K, _ = _matern(_distance(X, X, inv_ls2))
+        L = _cholesky(K, theta[:, self.dim].exp())
         return L, torch.cholesky_solve(Ys.unsqueeze(-1), L)[..., 0]
 
     def _posterior(self, L: torch.Tensor, alpha: torch.Tensor, r: torch.Tensor
@@ -200,7 +200,7 @@ class GPScreen:
             P = pending.detach().to(**self.opts)
             believed = self._posterior(L, alpha, _distance(X, P, inv_ls2))[0]
             X, Ys = torch.cat([X, P], 1), torch.cat([Ys, believed], 1)
-            L, alpha = self._factor(theta, X, Ys)
+            L, alpha = self._factor(theta, inv_ls2, X, Ys)
         C = C.detach().to(**self.opts)
         r = _distance(X, C, inv_ls2)  # (B, n, K)
         mean, std = self._posterior(L, alpha, r)
