@@ -3,6 +3,7 @@
 from bbopt.errors import (
     BBOptError,
     NoCompletedTrialError,
+    NonFiniteGradientError,
     NotFoundError,
     ServiceError,
     SpaceError,
@@ -46,6 +47,7 @@ __all__ = [
     "LRMemory",
     "LSTMOptimizer",
     "NoCompletedTrialError",
+    "NonFiniteGradientError",
     "NotFoundError",
     "Space",
     "SpaceError",

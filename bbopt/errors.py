@@ -51,5 +51,10 @@ class StorageError(BBOptError, RuntimeError):
     """The database behind a study cannot be reached or is not a bbopt store."""
 
 
+class NonFiniteGradientError(BBOptError, ValueError):
+    """A learned torch optimizer's step saw a NaN or infinite gradient; it changed no
+    parameter and no optimizer state (skip the step, or fix the loss)."""
+
+
 class UnknownMethodError(BBOptError, ValueError):
     """`method=` names no registered optimizer."""

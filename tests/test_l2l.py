@@ -1,6 +1,7 @@
 """The coordinatewise LSTM optimizer: update rule, torch optimizer, meta-training,
 shipped weights, and gradient mode in studies."""
 
+import copy
 import math
 from dataclasses import replace
 
@@ -120,6 +121,29 @@ def test_lstm_optimizer_bad_input():
         bbopt.LSTMOptimizer(_model().parameters(), lr=0.5, scale=0.5)
     with pytest.raises(FileNotFoundError, match="no learned-optimizer weights"):
         bbopt.LSTMOptimizer(_model().parameters(), weights="/nonexistent/w.pt")
+
+
+def test_a_non_finite_gradient_is_an_error_that_changes_nothing():
+    model = _model()
+    opt = bbopt.LSTMOptimizer(model.parameters())
+    x = torch.randn(16, 4)
+    model(x).square().mean().backward()
+    opt.step()  # some state to keep
+    params = [p.detach().clone() for p in model.parameters()]
+    state = copy.deepcopy(opt.state_dict())
+    for bad in (float("nan"), float("inf")):
+        ps = list(model.parameters())
+        ps[-1].grad[0] = bad  # one entry of the last parameter
+        with pytest.raises(ValueError, match=f"parameter {len(ps) - 1} .*NaN or infinite"):
+            opt.step()
+        assert all(torch.equal(a, b) for a, b in zip(params, model.parameters(), strict=True))
+        after = opt.state_dict()["state"]
+        for k, v in state["state"].items():
+            assert all(torch.equal(a, b) for a, b in zip(v["l2l"], after[k]["l2l"], strict=True))
+    model.zero_grad()
+    model(x).square().mean().backward()
+    opt.step()  # goes on from where it was, finite
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_corrupt_or_foreign_weights_are_a_clear_error(tmp_path):
@@ -356,3 +380,20 @@ def test_batched_problems_are_independent_and_parameters_form_one_problem():
     assert torch.allclose(flat.detach(), torch.cat([a.detach(), b.detach()]))
     with pytest.raises(ValueError, match="problems > 1"):
         bbopt.LSTMOptimizer([a, b], weights=net, problems=2)
+
+
+def test_benchmark_runs_record_divergence_instead_of_raising():
+    """In a batch of problems a non-finite gradient is that problem's divergence: the
+    LSTM optimizer keeps it to its problem, LRMemory (one memory for all) leaves every
+    problem diverged; neither stops the run."""
+    problem = sample_optimizee("quadratic", 3, torch.Generator().manual_seed(5))
+    out = run_optimizer(lambda p: bbopt.LRMemory(p, lr=1e6), problem, 40, (0, 40))
+    assert torch.isfinite(out[0]).all() and not torch.isfinite(out[40]).any()
+    theta = problem.theta0.clone().requires_grad_(True)
+    opt = bbopt.LSTMOptimizer([theta], problems=3)
+    for _ in range(3):
+        opt.zero_grad()
+        problem.loss(theta).sum().backward()
+        theta.grad[1, 0] = math.nan
+        opt.step()
+    assert torch.isfinite(theta[[0, 2]]).all() and not torch.isfinite(theta[1]).any()

@@ -1,5 +1,6 @@
 """The online learning-rate memory: its update rule, reading, saving and reloading."""
 
+import copy
 import math
 
 import pytest
@@ -143,3 +144,26 @@ def test_a_group_added_later_is_checked_and_stepped():
     again = bbopt.LRMemory([{"params": [a]}, {"params": [b], "lr": 0.05}], lr=0.1)
     again.load_state_dict(opt.state_dict())
     assert [g["lr"] for g in again.param_groups] == [0.1, 0.05]
+
+
+def test_a_non_finite_gradient_is_an_error_that_changes_nothing():
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    opt = bbopt.LRMemory([a, b])
+    for _ in range(2):
+        a.grad, b.grad = torch.ones(3), torch.full((2,), -1.0)
+        opt.step()
+    before = copy.deepcopy(opt.state_dict())
+    values = (a.detach().clone(), b.detach().clone())
+    for bad in (float("nan"), float("-inf")):
+        b.grad = torch.tensor([1.0, bad])
+        with pytest.raises(ValueError, match="parameter 1 .*NaN or infinite"):
+            opt.step()
+        assert torch.equal(a, values[0]) and torch.equal(b, values[1])
+        after = opt.state_dict()
+        assert torch.equal(after["memory"]["log_lr"], before["memory"]["log_lr"])
+        for k, v in before["state"].items():
+            assert torch.equal(after["state"][k]["prev_grad"], v["prev_grad"])
+        assert after["base"] == before["base"]
+    b.grad = torch.ones(2)
+    opt.step()
+    assert torch.isfinite(a).all() and torch.isfinite(b).all()

@@ -12,6 +12,7 @@ log are those of ``bbopt.meta.base``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 
+from bbopt.errors import NonFiniteGradientError
 from bbopt.meta.base import MetaTrainer
 from bbopt.meta.losses import L2L_OBJECTIVES, l2l_loss
 from bbopt.nets.l2l import L2LNet, detach_l2l_state
@@ -92,7 +94,8 @@ def run_optimizer(make: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
     """Optimize ``problem`` (all B at once: every optimizer here is elementwise) with the
     optimizer ``make([theta])`` for ``steps`` steps; returns the (B,) full losses after
     each step count in ``record`` (0: the start). A problem whose loss becomes NaN or
-    infinite keeps that value (it diverged)."""
+    infinite keeps that value (it diverged); an optimizer that refuses a non-finite
+    gradient (one memory shared by all problems) leaves every problem diverged."""
     theta = problem.theta0.clone().requires_grad_(True)
     opt = make([theta])
     out: dict[int, torch.Tensor] = {}
@@ -105,7 +108,11 @@ def run_optimizer(make: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
             break
         opt.zero_grad(set_to_none=True)
         problem.loss(theta).sum().backward()
-        opt.step()
+        try:
+            opt.step()
+        except NonFiniteGradientError:
+            with torch.no_grad():
+                theta.fill_(math.nan)
     return out
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bbopt.errors import StudyError
+from bbopt.errors import NonFiniteGradientError, StudyError
 from bbopt.nets.l2l import L2LNet
 from bbopt.optimizers.base import History, Optimizer, register
 
@@ -62,7 +62,9 @@ class LSTMOptimizer(torch.optim.Optimizer):
     work on it as on any optimizer's. ``scale`` is its former name.
     ``problems``: for benchmarks that optimize a batch of independent problems at once,
     one parameter whose first dimension indexes them (each gets its own global
-    features); otherwise all parameters form one problem.
+    features, and a problem whose gradient turns NaN or infinite is left diverged);
+    otherwise all parameters form one problem, and a step whose gradient has a NaN or
+    infinite entry raises ValueError and changes nothing.
 
     Use it like any torch optimizer::
 
@@ -118,9 +120,20 @@ class LSTMOptimizer(torch.optim.Optimizer):
         if not items:
             return loss
         dev = self._net_device
-        grads, states = [], []
-        for p, _ in items:
-            g = p.grad.reshape(-1).to(dev, torch.float32)
+        grads = [p.grad.reshape(-1).to(dev, torch.float32) for p, _ in items]
+        flat = torch.cat(grads)
+        if self.problems == 1 and not bool(torch.isfinite(flat).all()):
+            # checked before anything changes: one NaN would reach every coordinate
+            # through the global features and stay in the state for good (a batch of
+            # problems keeps them apart: there a diverged problem stays diverged)
+            bad = next(i for i, g in enumerate(grads) if not bool(torch.isfinite(g).all()))
+            raise NonFiniteGradientError(
+                f"LSTMOptimizer.step: the gradient of parameter {bad} (of those with a "
+                f"gradient, shape {tuple(items[bad][0].shape)}) has NaN or infinite "
+                "entries; no parameter or optimizer state was changed (skip such steps, as "
+                "torch.amp.GradScaler does, or fix the loss)")
+        states = []
+        for (p, _), g in zip(items, grads, strict=True):
             state = self.state[p]
             if "l2l" not in state:
                 state["l2l"] = list(self.net.initial_state(g.numel(), dev))
@@ -128,11 +141,10 @@ class LSTMOptimizer(torch.optim.Optimizer):
                 raise ValueError("optimizer state does not match the loaded weights")
             # load_state_dict casts saved state to the parameter's dtype; the net is float32
             states.append([s.to(dev, torch.float32) for s in state["l2l"]])
-            grads.append(g)
         # one state for all coordinates: the step count is shared, the rest concatenated
         joint = tuple(states[0][0] if i == 0 else torch.cat([st[i] for st in states])
                       for i in range(self._state_len))
-        delta, new = self.net.step(torch.cat(grads), joint, problems=self.problems)
+        delta, new = self.net.step(flat, joint, problems=self.problems)
         sizes = [g.numel() for g in grads]
         per_param = [torch.split(s, sizes) for s in new[1:]]
         for j, ((p, mult), d) in enumerate(zip(items, torch.split(delta, sizes), strict=True)):

@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from bbopt.errors import NonFiniteGradientError
+
 MEMORY_FORMAT = "bbopt-lr-memory-v1"
 
 
@@ -141,19 +143,22 @@ class LRMemory(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        items = [(p, p.grad.detach().reshape(-1).float().cpu(), group["lr"] / self.defaults["lr"])
+                 for group in self.param_groups for p in group["params"] if p.grad is not None]
+        for i, (p, g, _) in enumerate(items):  # before anything changes: one NaN would
+            if not bool(torch.isfinite(g).all()):  # spread through the shared memory
+                raise NonFiniteGradientError(
+                    f"LRMemory.step: the gradient of parameter {i} (of those with a "
+                    f"gradient, shape {tuple(p.shape)}) has NaN or infinite entries; no "
+                    "parameter, optimizer state or memory was changed")
         grads, prev, before = [], [], []
-        for group in self.param_groups:
-            scale = group["lr"] / self.defaults["lr"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad.detach().reshape(-1).float().cpu()
-                state = self.state[p]
-                if "prev_grad" in state:
-                    grads.append(g)
-                    prev.append(state["prev_grad"])
-                state["prev_grad"] = g.clone()
-                before.append((p, p.detach().clone(), g, scale))
+        for p, g, scale in items:
+            state = self.state[p]
+            if "prev_grad" in state:
+                grads.append(g)
+                prev.append(state["prev_grad"])
+            state["prev_grad"] = g.clone()
+            before.append((p, p.detach().clone(), g, scale))
         if grads:  # learn from this step's signs first, then step with what was learned
             self._learn(torch.cat(prev), torch.cat(grads))
         self.base.step()
