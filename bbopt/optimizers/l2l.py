@@ -64,7 +64,7 @@ class LSTMOptimizer(torch.optim.Optimizer):
     one parameter whose first dimension indexes them (each gets its own global
     features, and a problem whose gradient turns NaN or infinite is left diverged);
     otherwise all parameters form one problem, and a step whose gradient has a NaN or
-    infinite entry raises ValueError and changes nothing.
+    infinite entry raises ``NonFiniteGradientError`` (a ValueError) and changes nothing.
 
     Use it like any torch optimizer::
 
