@@ -397,3 +397,35 @@ def test_benchmark_runs_record_divergence_instead_of_raising():
         theta.grad[1, 0] = math.nan
         opt.step()
     assert torch.isfinite(theta[[0, 2]]).all() and not torch.isfinite(theta[1]).any()
+
+
+def test_rows_in_blocks_give_the_same_update(monkeypatch):
+    """Above ROWS coordinates the net runs its rows in blocks: the same numbers (and the
+    same meta-gradient) as all rows at once, global features per problem included.
+    (At the shipped ROWS and 200,001 coordinates they were bit for bit the same.)"""
+    import bbopt.nets.l2l as l2l_net
+
+    net = _busy_net()
+    gen = torch.Generator().manual_seed(3)
+    grads = [torch.randn(50, generator=gen) * 10.0 ** torch.randint(-5, 2, (50,), generator=gen)
+             for _ in range(4)]
+
+    def run():
+        net.zero_grad()
+        state, total, deltas = net.initial_state(50), 0.0, []
+        for g in grads:
+            delta, state = net.step(g, state, problems=2)
+            total = total + (delta * torch.arange(50.0)).sum()
+            deltas.append(delta.detach())
+        total.backward()
+        return deltas, [s.detach() for s in state], [p.grad.clone() for p in net.parameters()]
+
+    with torch.enable_grad():
+        net.requires_grad_(True)
+        whole = run()
+        monkeypatch.setattr(l2l_net, "ROWS", 7)
+        blocks = run()
+        net.requires_grad_(False)
+    for a, b in zip(whole, blocks, strict=True):  # equal up to float32 rounding (matrix
+        for x, y in zip(a, b, strict=True):  # products of 7 rows may round otherwise)
+            assert torch.allclose(x, y, rtol=1e-5, atol=1e-6 * float(x.abs().max()))

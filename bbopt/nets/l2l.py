@@ -35,6 +35,7 @@ back to 0.1 by step 1000 (BENCHMARKS.md).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -47,6 +48,8 @@ BETA2 = 0.999
 P = 10.0
 EPS = 1e-8
 SCALE_RANGE = 3.0
+#: Coordinates per block of rows in ``L2LNet.step`` (see there).
+ROWS = 16384
 #: The update rule's version, part of what a weights file means (benchmark caches key
 #: their runs to it): 1 until 2026-12-02, 2 with the offset's fade below exp(-P).
 RULE_VERSION = 2
@@ -112,26 +115,52 @@ class L2LNet(nn.Module):
 
         ``problems``: ``g`` holds that many independent problems one after the other
         (equal sizes), each with its own global features.
+
+        Apart from the global features, every coordinate is its own row, so above
+        ``ROWS`` coordinates the rows go through in blocks of that many: the same
+        numbers, with the LSTM's intermediate arrays kept small enough for the
+        processor's caches (nearly twice as fast per step for a million parameters).
         """
         t = state[0] + 1
         k = len(MOMENTA)
-        ms = [b * m + (1 - b) * g for b, m in zip(MOMENTA, state[1:1 + k], strict=True)]
-        v = BETA2 * state[1 + k] + (1 - BETA2) * g.square()
-        rms = (v / (1 - BETA2 ** t)).sqrt() + EPS
-        normed = [m / (1 - b ** t) / rms for b, m in zip(MOMENTA, ms, strict=True)]
-        parts = [preprocess_gradient(g), (g / rms)[:, None], torch.stack(normed, dim=1)]
         extra: list[torch.Tensor] = []
+        shared: torch.Tensor | None = None
         if self.global_features:
             prev, avg = state[2 + k], state[3 + k]
             gp, pp = g.view(problems, -1), prev.view(problems, -1)
             cos = (gp * pp).sum(1) / (gp.norm(dim=1) * pp.norm(dim=1) + 1e-30)
             cos = cos[:, None].expand_as(gp).reshape(-1)
             avg = COSINE_BETA * avg + (1 - COSINE_BETA) * cos
-            parts.append(torch.stack([cos, avg], dim=1))
+            shared = torch.stack([cos, avg], dim=1)
             extra = [g, avg]
-        feats = torch.cat(parts, dim=1)
-        h, new_hc = feats, []
-        hc = state[2 + k + self._extra:]
+        rows = state[1:2 + k] + state[2 + k + self._extra:]  # momenta, v, then (h, c)s
+        n = g.shape[0]
+        if n <= ROWS:
+            delta, new_rows = self._rows(g, t, rows, shared)
+        else:
+            blocks = [self._rows(g[i:i + ROWS], t, [r[i:i + ROWS] for r in rows],
+                                 None if shared is None else shared[i:i + ROWS])
+                      for i in range(0, n, ROWS)]
+            delta = torch.cat([b[0] for b in blocks])
+            new_rows = [torch.cat(parts) for parts in zip(*(b[1] for b in blocks),
+                                                           strict=True)]
+        return delta, (t, *new_rows[:1 + k], *extra, *new_rows[1 + k:])
+
+    def _rows(self, g: torch.Tensor, t: torch.Tensor, rows: Sequence[torch.Tensor],
+              shared: torch.Tensor | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The update of a block of coordinates: ``rows`` their momenta, second moment
+        and LSTM (h, c) per layer, ``shared`` their global features (or None); returns
+        the update and the new rows in the same order."""
+        k = len(MOMENTA)
+        ms = [b * m + (1 - b) * g for b, m in zip(MOMENTA, rows[:k], strict=True)]
+        v = BETA2 * rows[k] + (1 - BETA2) * g.square()
+        rms = (v / (1 - BETA2 ** t)).sqrt() + EPS
+        normed = [m / (1 - b ** t) / rms for b, m in zip(MOMENTA, ms, strict=True)]
+        parts = [preprocess_gradient(g), (g / rms)[:, None], torch.stack(normed, dim=1)]
+        if shared is not None:
+            parts.append(shared)
+        h, new_hc = torch.cat(parts, dim=1), []
+        hc = rows[1 + k:]
         for i, cell in enumerate(self.cells):
             h, c = cell(h, (hc[2 * i], hc[2 * i + 1]))
             new_hc += [h, c]
@@ -139,7 +168,7 @@ class L2LNet(nn.Module):
         size = torch.exp(self.log_lr + SCALE_RANGE * torch.tanh(out[:, 0]))
         fade = (g.abs() * math.exp(P)).clamp(max=1.0)
         delta = -size * (normed[1] + fade * torch.tanh(out[:, 1]))
-        return delta, (t, *ms, v, *extra, *new_hc)
+        return delta, [*ms, v, *new_hc]
 
 
 def detach_l2l_state(state: L2LState) -> L2LState:
