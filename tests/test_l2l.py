@@ -121,6 +121,13 @@ def test_lstm_optimizer_bad_input():
         bbopt.LSTMOptimizer(_model().parameters(), lr=0.5, scale=0.5)
     with pytest.raises(FileNotFoundError, match="no learned-optimizer weights"):
         bbopt.LSTMOptimizer(_model().parameters(), weights="/nonexistent/w.pt")
+    emb = torch.nn.Embedding(10, 3, sparse=True)
+    opt = bbopt.LSTMOptimizer(emb.parameters())
+    emb(torch.tensor([1, 2])).sum().backward()
+    before = emb.weight.detach().clone()
+    with pytest.raises(RuntimeError, match="does not support sparse gradients"):
+        opt.step()
+    assert torch.equal(emb.weight, before) and not opt.state
 
 
 def test_a_non_finite_gradient_is_an_error_that_changes_nothing():

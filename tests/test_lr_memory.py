@@ -167,3 +167,13 @@ def test_a_non_finite_gradient_is_an_error_that_changes_nothing():
     b.grad = torch.ones(2)
     opt.step()
     assert torch.isfinite(a).all() and torch.isfinite(b).all()
+
+
+def test_sparse_gradients_are_a_clear_error():
+    emb = torch.nn.Embedding(10, 3, sparse=True)
+    opt = bbopt.LRMemory(emb.parameters())
+    emb(torch.tensor([1, 2])).sum().backward()
+    before = emb.weight.detach().clone()
+    with pytest.raises(RuntimeError, match="does not support sparse gradients"):
+        opt.step()
+    assert torch.equal(emb.weight, before)

@@ -143,8 +143,11 @@ class LRMemory(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        items = [(p, p.grad.detach().reshape(-1).float().cpu(), group["lr"] / self.defaults["lr"])
-                 for group in self.param_groups for p in group["params"] if p.grad is not None]
+        with_grad = [(p, group["lr"] / self.defaults["lr"]) for group in self.param_groups
+                     for p in group["params"] if p.grad is not None]
+        if any(p.grad.is_sparse for p, _ in with_grad):
+            raise RuntimeError("LRMemory does not support sparse gradients")
+        items = [(p, p.grad.detach().reshape(-1).float().cpu(), scale) for p, scale in with_grad]
         for i, (p, g, _) in enumerate(items):  # before anything changes: one NaN would
             if not bool(torch.isfinite(g).all()):  # spread through the shared memory
                 raise NonFiniteGradientError(
