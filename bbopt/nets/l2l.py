@@ -40,6 +40,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from bbopt.nets.lstm import run_cells
+
 FEATURES = 6
 GLOBAL_FEATURES = 2
 COSINE_BETA = 0.9
@@ -159,11 +161,7 @@ class L2LNet(nn.Module):
         parts = [preprocess_gradient(g), (g / rms)[:, None], torch.stack(normed, dim=1)]
         if shared is not None:
             parts.append(shared)
-        h, new_hc = torch.cat(parts, dim=1), []
-        hc = rows[1 + k:]
-        for i, cell in enumerate(self.cells):
-            h, c = cell(h, (hc[2 * i], hc[2 * i + 1]))
-            new_hc += [h, c]
+        h, new_hc = run_cells(self.cells, torch.cat(parts, dim=1), rows[1 + k:])
         out = self.head(h)
         size = torch.exp(self.log_lr + SCALE_RANGE * torch.tanh(out[:, 0]))
         fade = (g.abs() * math.exp(P)).clamp(max=1.0)
