@@ -51,7 +51,7 @@ _BUILTIN_MODULES = ("bbopt.tasks.synthetic", "bbopt.tasks.hpo", "bbopt.tasks.gp_
 #: The held-out GP-prior benchmark functions (``bbopt.tasks.gp_prior``): this many
 #: samples in each of these dimensions, named by ``gp_task_name``.
 GP_HELD_OUT_DIMS = (2, 4, 8)
-GP_HELD_OUT_SAMPLES = 4
+GP_HELD_OUT_SAMPLES = 16
 
 
 def gp_task_name(dim: int, index: int) -> str:
@@ -79,8 +79,11 @@ SUITES: dict[str, list[str]] = {
     "gp-prior": [gp_task_name(d, 0) for d in GP_HELD_OUT_DIMS],
     # Four held-out samples per dimension (the three above and three more each): the
     # one-function suite's medians are over seeds of a single function.
-    "gp-prior-4": [gp_task_name(d, i) for d in GP_HELD_OUT_DIMS
-                   for i in range(GP_HELD_OUT_SAMPLES)],
+    "gp-prior-4": [gp_task_name(d, i) for d in GP_HELD_OUT_DIMS for i in range(4)],
+    # Sixteen per dimension (the four above and twelve more each), set before any of the
+    # twelve was run: four functions say little about a prior of functions.
+    "gp-prior-16": [gp_task_name(d, i) for d in GP_HELD_OUT_DIMS
+                    for i in range(GP_HELD_OUT_SAMPLES)],
     "hpo": ["digits_mlp", "breast_cancer_gbm", "wine_svm"],
 }
 

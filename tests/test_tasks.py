@@ -161,5 +161,7 @@ def test_the_wider_gp_prior_suite_is_made_on_lookup():
     assert task.optimum < task({f"x{i}": 0.5 for i in range(4)})
     assert task(dict.fromkeys(task.space.names, 0.5)) != get_task("gp4")(
         dict.fromkeys(task.space.names, 0.5))
-    with pytest.raises(ValueError, match="unknown task 'gp4-9'"):
-        get_task("gp4-9")
+    wider = base.SUITES["gp-prior-16"]
+    assert len(wider) == 48 and set(names) <= set(wider) and "gp8-15" in wider
+    with pytest.raises(ValueError, match="unknown task 'gp4-16'"):
+        get_task("gp4-16")
