@@ -5,6 +5,9 @@ Every error is raised *before* anything is written, so the study is left as it w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class BBOptError(Exception):
     """Base class of every error bbopt raises on purpose."""
@@ -54,6 +57,19 @@ class StorageError(BBOptError, RuntimeError):
 class NonFiniteGradientError(BBOptError, ValueError):
     """A learned torch optimizer's step saw a NaN or infinite gradient; it changed no
     parameter and no optimizer state (skip the step, or fix the loss)."""
+
+
+def check_finite_gradients(owner: str, params: Sequence[Any], grads: Sequence[Any],
+                           unchanged: str) -> None:
+    """Raise NonFiniteGradientError naming the first of ``params`` (torch tensors, those
+    with a gradient) whose gradient in ``grads`` has a NaN or infinite entry; ``owner``
+    (the optimizer's step) and ``unchanged`` (what it left as it was) go in the message.
+    Called before a step changes anything."""
+    for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+        if not bool(g.isfinite().all()):
+            raise NonFiniteGradientError(
+                f"{owner}: the gradient of parameter {i} (of those with a gradient, shape "
+                f"{tuple(p.shape)}) has NaN or infinite entries; {unchanged}")
 
 
 class UnknownMethodError(BBOptError, ValueError):

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bbopt.errors import NonFiniteGradientError, StudyError
+from bbopt.errors import StudyError, check_finite_gradients
 from bbopt.nets.l2l import L2LNet
 from bbopt.optimizers.base import History, Optimizer, register
 
@@ -126,11 +126,9 @@ class LSTMOptimizer(torch.optim.Optimizer):
             # checked before anything changes: one NaN would reach every coordinate
             # through the global features and stay in the state for good (a batch of
             # problems keeps them apart: there a diverged problem stays diverged)
-            bad = next(i for i, g in enumerate(grads) if not bool(torch.isfinite(g).all()))
-            raise NonFiniteGradientError(
-                f"LSTMOptimizer.step: the gradient of parameter {bad} (of those with a "
-                f"gradient, shape {tuple(items[bad][0].shape)}) has NaN or infinite "
-                "entries; no parameter or optimizer state was changed (skip such steps, as "
+            check_finite_gradients(
+                "LSTMOptimizer.step", [p for p, _ in items], grads,
+                "no parameter or optimizer state was changed (skip such steps, as "
                 "torch.amp.GradScaler does, or fix the loss)")
         states = []
         for (p, _), g in zip(items, grads, strict=True):

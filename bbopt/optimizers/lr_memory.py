@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from bbopt.errors import NonFiniteGradientError
+from bbopt.errors import check_finite_gradients
 
 MEMORY_FORMAT = "bbopt-lr-memory-v1"
 
@@ -148,12 +148,10 @@ class LRMemory(torch.optim.Optimizer):
         if any(p.grad.is_sparse for p, _ in with_grad):
             raise RuntimeError("LRMemory does not support sparse gradients")
         items = [(p, p.grad.detach().reshape(-1).float().cpu(), scale) for p, scale in with_grad]
-        for i, (p, g, _) in enumerate(items):  # before anything changes: one NaN would
-            if not bool(torch.isfinite(g).all()):  # spread through the shared memory
-                raise NonFiniteGradientError(
-                    f"LRMemory.step: the gradient of parameter {i} (of those with a "
-                    f"gradient, shape {tuple(p.shape)}) has NaN or infinite entries; no "
-                    "parameter, optimizer state or memory was changed")
+        # before anything changes: one NaN would spread through the shared memory
+        check_finite_gradients("LRMemory.step", [p for p, _, _ in items],
+                               [g for _, g, _ in items],
+                               "no parameter, optimizer state or memory was changed")
         grads, prev, before = [], [], []
         for p, g, scale in items:
             state = self.state[p]
