@@ -10,7 +10,15 @@ import torch
 from bbopt.tasks.gp_prior import GPPrior
 
 from bbopt.nets.policy import BBOPolicy, rollout
-from bbopt.nets.screen import JITTER, LENGTHSCALE_PRIOR, GPScreen, log_ei, screen
+from bbopt.nets.screen import (
+    EXPLORE_UNTIL,
+    JITTER,
+    LENGTHSCALE_PRIOR,
+    GPScreen,
+    exploration_margin,
+    log_ei,
+    screen,
+)
 
 
 def _matern(a: np.ndarray, b: np.ndarray, ls: np.ndarray) -> np.ndarray:
@@ -28,7 +36,7 @@ def _reference(X: np.ndarray, Y: np.ndarray, C: np.ndarray, ls: np.ndarray, nois
     k = _matern(X, C, ls)
     mean = k.T @ np.linalg.solve(K, y)
     std = np.sqrt(1 - np.einsum("ij,ij->j", k, np.linalg.solve(K, k)))
-    u = (y.min() - mean) / std
+    u = (y.min() - exploration_margin(n) - mean) / std
     return np.log(std) + np.array([_log_ei_exact(v) for v in u])
 
 
@@ -109,6 +117,21 @@ def test_screen_is_scale_free_and_batched():
     assert torch.allclose(screen(X, 1e6 * Y - 7, C), out, atol=1e-8)
     for b in range(3):
         assert torch.allclose(screen(X[b:b + 1], Y[b:b + 1], C[b:b + 1])[0], out[b])
+
+
+def test_the_exploration_margin_favours_new_regions_early_and_vanishes_later(monkeypatch):
+    assert exploration_margin(0) == 1.0 and exploration_margin(EXPLORE_UNTIL // 2) == 0.5
+    assert exploration_margin(EXPLORE_UNTIL) == 0.0 and exploration_margin(500) == 0.0
+    # Ten points on [0, 0.8] of a bowl with its minimum at 0.2: the minimum itself
+    # against a point beyond the last observation.
+    X = torch.linspace(0.0, 0.8, 10, dtype=torch.float64)[None, :, None]
+    Y = (X[..., 0] - 0.2).square()
+    C = torch.tensor([[[0.2], [0.95]]], dtype=torch.float64)
+    with_margin = screen(X, Y, C)[0]
+    monkeypatch.setattr("bbopt.nets.screen.EXPLORE_MARGIN", 0.0)
+    without = screen(X, Y, C)[0]
+    assert without[0] > without[1]  # plain EI refines the incumbent
+    assert with_margin[1] > with_margin[0]  # the margin looks where nothing was seen
 
 
 def test_pending_points_lower_the_ei_next_to_them():
