@@ -831,7 +831,7 @@ def train_l2l(run_dir: str, families: str | None, device: str | None, threads: i
               help="Comma-separated proposal round sizes to evaluate (parallel mode).")
 @click.option("--screen", default="0", show_default=True,
               help="Comma-separated GP screen sizes to evaluate: each query is the screen's "
-                   "pick among this many policy draws, as many uniform points and "
+                   "pick among this many policy draws, eight times as many uniform points and "
                    "perturbations of the incumbent; 0 is the policy's own draw.")
 @click.option("--markdown", type=click.Path(dir_okay=False), default=None,
               help="Append the table (with this command) to this file.")

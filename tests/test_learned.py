@@ -314,3 +314,26 @@ def test_corrupt_weights_file_is_a_clear_error(tmp_path):
         load_policy(tmp_path / "junk.pt")
     with pytest.raises(ValueError, match="not a bbopt black-box policy"):
         make_optimizer("learned", 2, 0, {"weights": str(tmp_path / "junk.pt")})
+
+
+def test_a_screened_ask_scores_policy_draws_uniform_points_and_perturbations(monkeypatch):
+    """Each proposal is the screen's pick among ``screen`` policy draws,
+    ``uniform_candidates(screen)`` uniform points and ``local_candidates(screen)``
+    perturbations of the incumbent, all inside the cube."""
+    from bbopt.nets.policy import local_candidates, uniform_candidates
+    from bbopt.nets.screen import GPScreen
+
+    seen = []
+    score = GPScreen.log_ei
+    monkeypatch.setattr(GPScreen, "log_ei", lambda self, C, pending=None: seen.append(C)
+                        or score(self, C, pending))
+    space = bbopt.Space({f"x{i}": bbopt.Float(0.0, 1.0) for i in range(5)})
+    study = bbopt.Study(space, method="learned", seed=3)
+    for _ in range(4):
+        trial = study.ask()
+        study.tell(trial, sum((v - 0.3) ** 2 for v in trial.params.values()))
+    assert len(seen) == 2  # the screen scores from two observations on
+    assert uniform_candidates(32) == 256
+    for C in seen:
+        assert C.shape == (1, 32 + uniform_candidates(32) + local_candidates(32), 5)
+        assert ((C >= 0) & (C <= 1)).all()

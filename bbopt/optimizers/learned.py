@@ -19,10 +19,12 @@ order), it replays the history from the start.
   against random search.
 * GP screen (``screen``, default 32): each proposal is the pick, by expected improvement
   under the cheap GP of ``bbopt.nets.screen`` fitted to the episode's trials (ARD
-  Matern-5/2), among ``screen`` draws from the policy, as many uniform points (from
-  d = 4 on, half of them the incumbent with only 1 to 4 of its coordinates redrawn) and
-  24 perturbations of the incumbent at scales 1e-1 .. 1e-6, clipped to the cube (so
-  optima on its faces are reached exactly); ``screen=0`` takes the policy's own draw.
+  Matern-5/2; improvement counted from a margin below the best value that vanishes
+  over the first 60 trials), among ``screen`` draws from the policy, eight times as many
+  uniform points (from d = 4 on, half of them the incumbent with only 1 to 4 of its
+  coordinates redrawn) and 24 perturbations of the incumbent at scales 1e-1 .. 1e-6,
+  clipped to the cube (so optima on its faces are reached exactly); ``screen=0`` takes
+  the policy's own draw.
   The GP's hyperparameters move by one marginal-likelihood step per new observation,
   like the policy's recurrent state.
 * Parallel asks: ``ask(n)`` draws ``n`` proposals from the same state with independent
@@ -44,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bbopt.nets.policy import local_candidates, subspace_candidates
+from bbopt.nets.policy import local_candidates, subspace_candidates, uniform_candidates
 from bbopt.nets.screen import GPScreen
 from bbopt.optimizers.base import History, Optimizer, register
 from bbopt.optimizers.random import sobol_points
@@ -53,8 +55,8 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
 #: Default GP screen size: each proposal is the screen's pick among this many policy
-#: draws, as many uniform points (``subspace_candidates(SCREEN, dim)`` of them
-#: subspace candidates) and ``local_candidates(SCREEN)`` perturbations of the incumbent
+#: draws, ``uniform_candidates(SCREEN)`` uniform points (half of them subspace candidates
+#: from d = 4 on) and ``local_candidates(SCREEN)`` perturbations of the incumbent
 #: (``bbopt.nets.screen``); 0 takes the policy's draw.
 SCREEN = 32
 
@@ -150,7 +152,8 @@ class _PolicyOptimizer(Optimizer):
                     xs.append(x)
                 self._rs, self._proposed = proposed, True
                 return torch.cat(xs).double().clamp(0.0, 1.0).cpu().numpy()
-            k, n_local = self.screen, local_candidates(self.screen)
+            k, n_local, n_uni = (self.screen, local_candidates(self.screen),
+                                 uniform_candidates(self.screen))
             pending = torch.as_tensor(history.pending, dtype=torch.float64,
                                       device=dev).reshape(1, -1, d)
             snap = None
@@ -159,10 +162,10 @@ class _PolicyOptimizer(Optimizer):
                     return torch.from_numpy(self.snap(c.double().cpu().numpy())).to(dev)
             xs = []
             for i in range(n):
-                u = torch.rand(1, 2 * k, d, generator=g).to(dev)
+                u = torch.rand(1, k + n_uni, d, generator=g).to(dev)
                 u[0, 0] = u0[i]
                 z = torch.randn(1, k + n_local, d, generator=g).to(dev)
-                sub = torch.rand(1, subspace_candidates(k, d), d, generator=g).to(dev)
+                sub = torch.rand(1, subspace_candidates(n_uni, d), d, generator=g).to(dev)
                 x, proposed = self.policy.propose_screened(rs, self._gp, u[:, :k], z[:, :k],
                                                            u[:, k:], z[:, k:], pending, snap,
                                                            sub)
