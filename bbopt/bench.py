@@ -54,12 +54,14 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     """One study of ``spec.budget`` evaluations; returns best-so-far values and latencies."""
     import torch
 
+    from bbopt.optimizers.base import budget_options
     from bbopt.study import Study
     from bbopt.tasks.base import get_task
 
     torch.set_num_threads(1)  # runs go side by side in processes, one core each
     task = get_task(spec.task)
-    study = Study(task.space, method=spec.method, seed=spec.seed)
+    study = Study(task.space, method=spec.method, seed=spec.seed,
+                  **budget_options(spec.method, spec.budget))
     best, curve, latency = math.inf, [], {}
     start = time.perf_counter()
     for i in range(spec.budget + 1):

@@ -142,8 +142,12 @@ def tune(objective: str, space_file: str | None, budget: int, method: str | None
         study: Any = Client(service, token).study(name, space, method=method,
                                                   direction=direction, seed=seed)
     else:
+        from bbopt.optimizers.base import DEFAULT_METHOD, budget_options
+
+        # A new study's learned optimizer plans for --budget (an existing one keeps the
+        # options it was created with unless --method is given).
         study = Study(space, method=method, direction=direction, seed=seed, storage=storage,
-                      name=name)
+                      name=name, **budget_options(method or DEFAULT_METHOD, budget))
     fn = (ShellObjective(objective, study.space.names) if fn is None
           else params_call(fn, study.space.names))
 

@@ -72,6 +72,15 @@ def test_tune_python_function_then_inspect(workdir):
     assert len(Study.load("demo", db).trials) == 10
 
 
+def test_tune_tells_the_learned_optimizer_its_budget(workdir):
+    db = "sqlite:///s.db"
+    run("tune", "obj.py:f", "--space", "space.json", "--budget", "6", "--storage", db,
+        "--study", "planned", "--seed", "2", "--quiet")
+    study = Study.load("planned", db)
+    assert study.method == "learned" and study._record.options == {"budget": 6}
+    assert study._optimizer.budget == 6 and len(study.trials) == 6
+
+
 def test_tune_shell_command(workdir):
     db = "sqlite:///s.db"
     cmd = f"{sys.executable} -c 'import sys; print(\"loss\", float(sys.argv[1]) ** 2)' {{x}}"
@@ -188,8 +197,10 @@ def test_plot(workdir):
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_rerun_resumes(workdir):
     db = "sqlite:///s.db"
+    # A budget the run cannot reach before the interrupt however slow the machine; the
+    # re-run asks for ten trials more than were finished.
     cmd = [sys.executable, "-m", "bbopt.cli", "tune", "obj.py:slow", "--space", "space.json",
-           "--budget", "30", "--method", "random", "--storage", db, "--study", "int",
+           "--budget", "1000", "--method", "random", "--storage", db, "--study", "int",
            "--workers", "2", "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -212,12 +223,13 @@ def test_ctrl_c_stops_cleanly_and_rerun_resumes(workdir):
     assert all(t.info["reason"] == "interrupted" for t in interrupted)
     first = {t.id: t.value for t in trials if t.state is TrialState.COMPLETE}
     assert len(first) >= 3
+    cmd[cmd.index("1000")] = str(len(first) + 10)
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
                            env={**os.environ})
     assert again.returncode == 0, again.stderr
     trials = Study.load("int", db).trials
     complete = [t for t in trials if t.state is TrialState.COMPLETE]
-    assert len(complete) == 30, "interrupted trials do not count toward the budget"
+    assert len(complete) == len(first) + 10, "interrupted trials do not count toward the budget"
     assert all(trials[i].value == v for i, v in first.items()), "earlier values were lost"
 
 

@@ -10,7 +10,7 @@ from bbopt.tasks.gp_prior import GPPrior
 import bbopt
 from bbopt.meta.trainer import BBOTrainConfig, BBOTrainer, load_policy, save_policy
 from bbopt.nets.policy import BBOPolicy, reflect, rollout
-from bbopt.optimizers.base import History, make_optimizer
+from bbopt.optimizers.base import History, budget_options, make_optimizer
 from bbopt.optimizers.learned import WEIGHTS_DIR
 from bbopt.optimizers.random import sobol_points
 
@@ -337,3 +337,26 @@ def test_a_screened_ask_scores_policy_draws_uniform_points_and_perturbations(mon
     for C in seen:
         assert C.shape == (1, 32 + uniform_candidates(32) + local_candidates(32), 5)
         assert ((C >= 0) & (C <= 1)).all()
+
+
+def test_a_budget_times_the_last_episodes_exploration_margin():
+    for bad in (0, -5, 2.5, "50", True):
+        with pytest.raises(ValueError, match="budget"):
+            make_optimizer("learned", 2, 0, {"budget": bad})
+    with pytest.raises(bbopt.StudyError, match="budget"):
+        bbopt.Study({"a": bbopt.Float(0, 1)}, method="learned-dnc", budget=0)
+    assert budget_options("learned", 50) == {"budget": 50}
+    assert budget_options("learned-dnc", 7) == {"budget": 7}
+    assert budget_options("gp-ei", 50) == budget_options("random", 50) == {}
+    # 250 trials at horizon 100: episodes of 100, 100 and 50; past the budget, 100 again.
+    opt = make_optimizer("learned", 3, 0, {"budget": 250})
+    assert [opt._episode_length(s) for s in (0, 100, 200, 300)] == [100, 100, 50, 100]
+    assert make_optimizer("learned", 3, 0, {})._episode_length(200) == 100
+    # The screen of a study with a budget of 20 runs for 20 trials (its margin ends at
+    # 12), and the option is stored with the study.
+    study = bbopt.Study({"a": bbopt.Float(0, 1), "b": bbopt.Float(0, 1)}, seed=3, budget=20)
+    for _ in range(4):
+        t = study.ask()
+        study.tell(t, (t.params["a"] - 0.3) ** 2 + t.params["b"])
+    study.ask()
+    assert study._optimizer._gp.length == 20 and study._record.options == {"budget": 20}

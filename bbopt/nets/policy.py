@@ -314,7 +314,8 @@ def rollout(policy: BBOPolicy, fn: Any, horizon: int, *, parallel: int = 1,
     ``uniform_candidates(screen)`` uniform points (half of them subspace candidates from
     d = 4 on, ``subspace_candidates``) and
     ``local_candidates(screen)`` perturbations of the incumbent
-    (``BBOPolicy.propose_screened``), the round's earlier queries pending.
+    (``BBOPolicy.propose_screened``), the round's earlier queries pending; its
+    exploration margin spans the first 60% of the ``horizon``.
     Returns the queries (B, T, d) and their values (B, T), differentiable with respect to
     the policy.
     """
@@ -323,7 +324,7 @@ def rollout(policy: BBOPolicy, fn: Any, horizon: int, *, parallel: int = 1,
     B, d = fn.batch_size, fn.dim
     dev, dt = fn.device, fn.dtype
     rs = policy.init(B, d, dev, dt)
-    gp = GPScreen(B, d, dev) if screen else None
+    gp = GPScreen(B, d, dev, length=horizon) if screen else None
     n_local, n_uni = local_candidates(screen), uniform_candidates(screen)
     n_sub = subspace_candidates(n_uni, d)
     xs: list[torch.Tensor] = []

@@ -13,7 +13,7 @@ Bayesian optimization's cost. The GP is kept cheap:
   next), so they track the data as it grows; the last step's factorization scores the
   candidates;
 * EI evaluated only at the candidates (no acquisition optimization), measured from a
-  margin below the best value that shrinks to zero over the first tens of observations
+  margin below the best value that shrinks to zero over the first 60% of the run's queries
   (``exploration_margin``): explore first, refine after.
 
 Everything is batched over runs. The state after ``n`` observations depends only on them
@@ -54,13 +54,16 @@ JITTER = 1e-6
 LOCAL_SCALES = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 #: Exploration margin: early in a run, EI counts improvement over the best standardized
 #: value minus ``EXPLORE_MARGIN``, a margin that shrinks linearly to zero at
-#: ``EXPLORE_UNTIL`` observations (``exploration_margin``). Candidates that merely refine
-#: the incumbent promise little beyond it, so the first tens of queries look for better
-#: basins, and the rest refine. On fresh GP samples (BENCHMARKS.md, "An exploration
-#: margin") it lowered the median regret at 100 queries in 4 to 12 dimensions, where
-#: runs stuck in a local basin for good set the median, and left 2 and 3 level.
+#: ``EXPLORE_FRACTION`` of the run's length (its budget of queries; ``RUN_LENGTH`` when
+#: not known, so 60 observations; ``exploration_margin``). Candidates that merely refine
+#: the incumbent promise little beyond it, so the first queries look for better basins,
+#: and the rest refine. On fresh GP samples (BENCHMARKS.md, "An exploration margin" and
+#: "The margin follows the budget") it lowered the median regret at 100 queries in 4 to
+#: 12 dimensions, where runs stuck in a local basin for good set the median, and left 2
+#: and 3 level; runs of 50 queries gain from it only when it ends at 30 rather than 60.
 EXPLORE_MARGIN = 1.0
-EXPLORE_UNTIL = 60
+EXPLORE_FRACTION = 0.6
+RUN_LENGTH = 100
 #: Candidates this close (max-norm) to a queried point count as repeats of it.
 REPEAT_TOL = 1e-9
 _SQRT5 = math.sqrt(5.0)
@@ -83,19 +86,24 @@ def log_ei(u: torch.Tensor) -> torch.Tensor:
     return torch.where(u > -1.0, direct, tail)
 
 
-def exploration_margin(n: int) -> float:
+def exploration_margin(n: int, length: int = RUN_LENGTH) -> float:
     """How far below the best standardized value EI measures improvement after ``n``
-    observations: ``EXPLORE_MARGIN`` at the start, zero from ``EXPLORE_UNTIL`` on."""
-    return EXPLORE_MARGIN * max(0.0, 1.0 - n / EXPLORE_UNTIL)
+    observations of a run of ``length`` queries: ``EXPLORE_MARGIN`` at the start, zero
+    from ``EXPLORE_FRACTION * length`` on."""
+    return EXPLORE_MARGIN * max(0.0, 1.0 - n / (EXPLORE_FRACTION * length))
 
 
 class GPScreen:
     """The screen's GP for ``batch`` runs in ``dim`` dimensions, updated one observation
-    at a time (``add``); ``log_ei`` scores candidates."""
+    at a time (``add``); ``log_ei`` scores candidates. ``length``: the queries the runs
+    will make, which times the exploration margin."""
 
-    def __init__(self, batch: int, dim: int, device: torch.device | str | None = None) -> None:
+    def __init__(self, batch: int, dim: int, device: torch.device | str | None = None,
+                 length: int = RUN_LENGTH) -> None:
+        if length < 1:
+            raise ValueError(f"length must be positive, got {length}")
         self.opts: dict = {"dtype": torch.float64, "device": device}
-        self.batch, self.dim = batch, dim
+        self.batch, self.dim, self.length = batch, dim, length
         self.n = 0
         self._X = torch.zeros(batch, 8, dim, **self.opts)
         self._Y = torch.zeros(batch, 8, **self.opts)
@@ -208,7 +216,7 @@ class GPScreen:
     def log_ei(self, C: torch.Tensor, pending: torch.Tensor | None = None) -> torch.Tensor:
         """Log expected improvement (B, K) of candidates ``C`` (B, K, d), with ``pending``
         (B, p, d) points as believers; needs two observations or more. Improvement
-        counts from ``exploration_margin(n)`` below the best value. A candidate within
+        counts from ``exploration_margin(n, length)`` below the best value. A candidate within
         ``REPEAT_TOL`` of a queried point in every coordinate scores -inf."""
         if C.dim() != 3 or C.shape[0] != self.batch or C.shape[2] != self.dim:
             raise ValueError(f"candidates of shape {tuple(C.shape)} do not fit "
@@ -216,7 +224,8 @@ class GPScreen:
         if self.n < 2 or self._fit is None:
             raise ValueError("the screen needs at least two observations")
         theta, inv_ls2, L, alpha, Ys = self._fit
-        X, best = self.X, Ys.min(1).values.unsqueeze(1) - exploration_margin(self.n)
+        margin = exploration_margin(self.n, self.length)
+        X, best = self.X, Ys.min(1).values.unsqueeze(1) - margin
         if pending is not None and pending.shape[1]:
             P = pending.detach().to(**self.opts)
             believed = self._posterior(L, alpha, _distance(X, P, inv_ls2))[0]

@@ -57,6 +57,9 @@ class Optimizer(ABC):
 
     #: True for methods that need ``tell(..., grad=...)``.
     needs_gradient: ClassVar[bool] = False
+    #: True for methods with a ``budget`` option (the trials the study will run) that
+    #: they plan for; ``budget_options`` gives it to them only.
+    takes_budget: ClassVar[bool] = False
     #: Set by the study when its space has integer or categorical parameters:
     #: ``Space.snap``, mapping points (..., dim) to the points their params encode to,
     #: for optimizers that score candidates (so none repeats a trial's params).
@@ -111,6 +114,14 @@ def make_optimizer(method: str, dim: int, seed: int, options: dict[str, Any]) ->
         raise
     except ValueError as e:  # an option with a bad value
         raise StudyError(f"method {method!r}: {e}") from None
+
+
+def budget_options(method: str, budget: int) -> dict[str, Any]:
+    """``{"budget": budget}`` for a method that plans for its budget, else ``{}``: the
+    options a caller that knows the budget (``bbopt tune``, ``bbopt bench``) adds."""
+    _load_builtin()
+    cls = _REGISTRY.get(method)
+    return {"budget": budget} if getattr(cls, "takes_budget", False) else {}
 
 
 def _load_builtin() -> None:

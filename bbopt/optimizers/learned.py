@@ -20,13 +20,18 @@ order), it replays the history from the start.
 * GP screen (``screen``, default 32): each proposal is the pick, by expected improvement
   under the cheap GP of ``bbopt.nets.screen`` fitted to the episode's trials (ARD
   Matern-5/2; improvement counted from a margin below the best value that vanishes
-  over the first 60 trials), among ``screen`` draws from the policy, eight times as many
+  over the first 60% of the episode: 60 trials, or 30 with ``budget=50``), among ``screen`` draws from the policy, eight times as many
   uniform points (from d = 4 on, half of them the incumbent with only 1 to 4 of its
   coordinates redrawn) and 24 perturbations of the incumbent at scales 1e-1 .. 1e-6,
   clipped to the cube (so optima on its faces are reached exactly); ``screen=0`` takes
   the policy's own draw.
   The GP's hyperparameters move by one marginal-likelihood step per new observation,
   like the policy's recurrent state.
+* ``budget`` (optional): the trials the study will run. The last episode is that many
+  trials long when it is shorter than the horizon, and its screen's margin ends at 60%
+  of it; without it every episode plans for the full horizon. ``bbopt tune`` and
+  ``bbopt bench`` pass it; runs of 50 trials found lower values with it (BENCHMARKS.md,
+  "The margin follows the budget").
 * Parallel asks: ``ask(n)`` draws ``n`` proposals from the same state with independent
   noise, so they are distinct; the screen treats pending trials (other workers' and the
   ask's earlier proposals) as observed at the GP's mean, so it does not pick next to
@@ -82,12 +87,18 @@ class _PolicyOptimizer(Optimizer):
 
     weights_name: str = ""
 
+    takes_budget = True
+
     def __init__(self, dim: int, seed: int = 0, weights: str | None = None,
-                 device: str | None = None, screen: int = SCREEN) -> None:
+                 device: str | None = None, screen: int = SCREEN,
+                 budget: int | None = None) -> None:
         super().__init__(dim, seed)
         if isinstance(screen, bool) or not isinstance(screen, int) or screen < 0:
             raise ValueError(f"screen must be an integer >= 0, got {screen!r}")
-        self.screen = screen
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)
+                                   or budget < 1):
+            raise ValueError(f"budget must be a positive integer or None, got {budget!r}")
+        self.screen, self.budget = screen, budget
         # BBOPT_DEVICE lets a host (the service's GPU actors) place every study's policy
         # without writing a device into the studies' stored options.
         device = device or os.environ.get("BBOPT_DEVICE", "cpu")
@@ -104,6 +115,12 @@ class _PolicyOptimizer(Optimizer):
         self._proposed = True  # the proposal after the last observation is in _rs
         self._gp: GPScreen | None = None
 
+    def _episode_length(self, start: int) -> int:
+        """Trials of the episode that starts at trial ``start``: the horizon, or what is
+        left of the budget when that is less (the whole horizon past the budget)."""
+        left = self.horizon if self.budget is None else self.budget - start
+        return self.horizon if left < 1 else min(self.horizon, left)
+
     def _state(self, X: np.ndarray, y: np.ndarray) -> Any:
         """The policy's state after the current episode's trials (the completed trials
         from the last multiple of the horizon on), reusing the cached prefix. The last
@@ -116,7 +133,8 @@ class _PolicyOptimizer(Optimizer):
                 or not np.array_equal(self._y, y[:m])):
             self._rs, m = self.policy.init(1, self.dim, self.device), 0
             self._proposed = True
-            self._gp = GPScreen(1, self.dim, self.device) if self.screen else None
+            self._gp = (GPScreen(1, self.dim, self.device, self._episode_length(start))
+                        if self.screen else None)
         rs = self._rs
         if m < len(y):
             ys = torch.as_tensor(y[m:], dtype=torch.float32, device=self.device)
