@@ -20,11 +20,11 @@ order), it replays the history from the start.
 * GP screen (``screen``, default 32): each proposal is the pick, by expected improvement
   under the cheap GP of ``bbopt.nets.screen`` fitted to the episode's trials (ARD
   Matern-5/2; improvement counted from a margin below the best value that vanishes
-  over the first 60% of the episode: 60 trials, or 30 with ``budget=50``), among ``screen`` draws from the policy, eight times as many
-  uniform points (from d = 4 on, half of them the incumbent with only 1 to 4 of its
-  coordinates redrawn) and 24 perturbations of the incumbent at scales 1e-1 .. 1e-6,
-  clipped to the cube (so optima on its faces are reached exactly); ``screen=0`` takes
-  the policy's own draw.
+  over the first 60% of the episode: 60 trials, or 30 with ``budget=50``), among
+  ``screen`` draws from the policy, eight times as many uniform points (from d = 4 on,
+  half of them the incumbent with only 1 to 4 of its coordinates redrawn) and 24
+  perturbations of the incumbent at scales 1e-1 .. 1e-6, clipped to the cube (so optima
+  on its faces are reached exactly); ``screen=0`` takes the policy's own draw.
   The GP's hyperparameters move by one marginal-likelihood step per new observation,
   like the policy's recurrent state.
 * ``budget`` (optional): the trials the study will run. The last episode is that many
