@@ -44,10 +44,19 @@ class RunSpec:
     method: str
     seed: int
     budget: int
+    #: whether the optimizer is told the budget (``budget_options``); untold, a study
+    #: runs with default settings, as a user of ``bbopt.Study`` who sets nothing.
+    told: bool = True
 
     @property
     def key(self) -> str:
-        return f"{self.task}|{self.method}|{self.seed}|{self.budget}"
+        return f"{self.task}|{self.method}|{self.seed}|{self.budget}" + (
+            "" if self.told else "|untold")
+
+    @classmethod
+    def of(cls, result: dict[str, Any]) -> RunSpec:
+        return cls(result["task"], result["method"], result["seed"], result["budget"],
+                   result.get("told", True))
 
 
 def run_one(spec: RunSpec) -> dict[str, Any]:
@@ -60,8 +69,8 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
 
     torch.set_num_threads(1)  # runs go side by side in processes, one core each
     task = get_task(spec.task)
-    study = Study(task.space, method=spec.method, seed=spec.seed,
-                  **budget_options(spec.method, spec.budget))
+    options = budget_options(spec.method, spec.budget) if spec.told else {}
+    study = Study(task.space, method=spec.method, seed=spec.seed, **options)
     best, curve, latency = math.inf, [], {}
     start = time.perf_counter()
     for i in range(spec.budget + 1):
@@ -85,6 +94,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
         "method": spec.method,
         "seed": spec.seed,
         "budget": spec.budget,
+        "told": spec.told,
         "best": curve,
         "latency": latency,
         "seconds": time.perf_counter() - start,
@@ -105,7 +115,7 @@ def run_all(
         for line in log.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                done[RunSpec(r["task"], r["method"], r["seed"], r["budget"]).key] = r
+                done[RunSpec.of(r).key] = r
     todo = [s for s in specs if s.key not in done]
     if todo:
         from rich.progress import Progress
@@ -116,7 +126,7 @@ def run_all(
             def record(r: dict[str, Any]) -> None:
                 fh.write(json.dumps(r) + "\n")
                 fh.flush()
-                done[RunSpec(r["task"], r["method"], r["seed"], r["budget"]).key] = r
+                done[RunSpec.of(r).key] = r
                 bar.update(tid, advance=1, description=f"{r['task']} {r['method']} s{r['seed']}")
 
             if jobs <= 1:
@@ -298,13 +308,16 @@ def benchmark(
     command: str = "bbopt bench",
     markdown: Path | None = None,
     progress: bool = True,
+    tell_budget: bool = True,
 ) -> dict[str, Any]:
     """Run, summarize, and write ``out/summary.json``, ``out/regret.png``,
-    ``out/table.md`` (and append the table to ``markdown`` when given)."""
+    ``out/table.md`` (and append the table to ``markdown`` when given). Optimizers
+    that take a budget are told it unless ``tell_budget`` is false."""
     methods = list(methods)
     if REFERENCE not in methods:  # the normalized score is relative to random search
         methods.insert(0, REFERENCE)
-    specs = [RunSpec(t, m, s, budget) for t in tasks for m in methods for s in range(seeds)]
+    specs = [RunSpec(t, m, s, budget, tell_budget) for t in tasks for m in methods
+             for s in range(seeds)]
     results = run_all(specs, out, jobs=jobs, progress=progress)
     summary = summarize(results)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

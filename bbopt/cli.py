@@ -496,8 +496,12 @@ def plot(name: str, storage: str, output: str) -> None:
               help="Folder for runs.jsonl (cache; re-runs resume), summary.json, regret.png.")
 @click.option("--markdown", type=click.Path(dir_okay=False), default=None,
               help="Append the tables to this file (e.g. BENCHMARKS.md).")
+@click.option("--tell-budget/--no-tell-budget", default=True, show_default=True,
+              help="Tell optimizers that take a budget (the learned ones) the budget; "
+                   "--no-tell-budget runs every study with default settings. Use a "
+                   "separate --out for each.")
 def bench(suite: str, task_list: str | None, methods: str, budget: int, seeds: int, jobs: int,
-          out: str, markdown: str | None) -> None:
+          out: str, markdown: str | None, tell_budget: bool) -> None:
     """Run methods side by side on a suite of tasks and report regret, scores, latency."""
     from bbopt.bench import benchmark
     from bbopt.optimizers.base import available_methods
@@ -511,10 +515,12 @@ def bench(suite: str, task_list: str | None, methods: str, budget: int, seeds: i
         raise click.UsageError(f"unknown methods {unknown}; available: {available_methods()}")
     which = ["--tasks", task_list] if task_list else ["--suite", suite]
     words = [*which, "--methods", ",".join(ms), "--budget", budget, "--seeds", seeds,
-             "--jobs", jobs, "--out", out, *(["--markdown", markdown] if markdown else [])]
+             "--jobs", jobs, "--out", out, *(["--markdown", markdown] if markdown else []),
+             *([] if tell_budget else ["--no-tell-budget"])]
     command = "bbopt bench " + " ".join(shlex.quote(str(w)) for w in words)
     summary = benchmark(tasks, ms, budget, seeds, Path(out), jobs=jobs, command=command,
-                        markdown=Path(markdown) if markdown else None)
+                        markdown=Path(markdown) if markdown else None,
+                        tell_budget=tell_budget)
     click.echo((Path(out) / "table.md").read_text())
     click.echo(f"mean normalized score: {json.dumps(summary['mean_score'])}")
 

@@ -66,3 +66,26 @@ def test_parse_value_takes_the_last_number():
         assert "printed no number" in str(e)
     else:
         raise AssertionError("expected ObjectiveError")
+
+
+def test_untold_runs_use_default_settings_and_cache_apart(monkeypatch):
+    import bbopt.study
+
+    made = []
+
+    class Spy(bbopt.study.Study):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(bbopt.study, "Study", Spy)
+    told, untold = bench.RunSpec("branin", "learned", 0, 6), bench.RunSpec(
+        "branin", "learned", 0, 6, told=False)
+    assert told.key != untold.key
+    r = bench.run_one(untold)
+    assert made[-1] == {"method": "learned", "seed": 0} and r["told"] is False
+    assert bench.RunSpec.of(r) == untold and len(r["best"]) == 6
+    bench.run_one(told)
+    assert made[-1]["budget"] == 6
+    # runs written before the flag existed were told
+    assert bench.RunSpec.of({k: v for k, v in r.items() if k != "told"}) == told

@@ -348,10 +348,10 @@ def test_a_budget_times_the_last_episodes_exploration_margin():
     assert budget_options("learned", 50) == {"budget": 50}
     assert budget_options("learned-dnc", 7) == {"budget": 7}
     assert budget_options("gp-ei", 50) == budget_options("random", 50) == {}
-    # 250 trials at horizon 100: episodes of 100, 100 and 50; past the budget, 100 again.
+    # 250 trials at horizon 100: episodes of 100, 100 and 50; past the budget, unknown.
     opt = make_optimizer("learned", 3, 0, {"budget": 250})
-    assert [opt._episode_length(s) for s in (0, 100, 200, 300)] == [100, 100, 50, 100]
-    assert make_optimizer("learned", 3, 0, {})._episode_length(200) == 100
+    assert [opt._episode_budget(s) for s in (0, 100, 200, 300)] == [100, 100, 50, None]
+    assert make_optimizer("learned", 3, 0, {})._episode_budget(0) is None
     # The screen of a study with a budget of 20 runs for 20 trials (its margin ends at
     # 12), and the option is stored with the study.
     study = bbopt.Study({"a": bbopt.Float(0, 1), "b": bbopt.Float(0, 1)}, seed=3, budget=20)
@@ -359,4 +359,4 @@ def test_a_budget_times_the_last_episodes_exploration_margin():
         t = study.ask()
         study.tell(t, (t.params["a"] - 0.3) ** 2 + t.params["b"])
     study.ask()
-    assert study._optimizer._gp.length == 20 and study._record.options == {"budget": 20}
+    assert study._optimizer._gp.budget == 20 and study._record.options == {"budget": 20}

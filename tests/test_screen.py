@@ -119,10 +119,18 @@ def test_screen_is_scale_free_and_batched():
 
 
 def test_the_exploration_margin_favours_new_regions_early_and_vanishes_later(monkeypatch):
-    assert exploration_margin(0) == 1.0 and exploration_margin(30) == 0.5
-    assert exploration_margin(60) == 0.0 and exploration_margin(500) == 0.0
-    # It ends at 60% of the run's length: 30 observations of a run of 50.
-    assert exploration_margin(15, 50) == 0.5 and exploration_margin(30, 50) == 0.0
+    # It ends at 60% of the run's budget (30 observations of a run of 50), or after 20
+    # observations when the budget is not known.
+    assert exploration_margin(0, 50) == 1.0 and exploration_margin(15, 50) == 0.5
+    assert exploration_margin(30, 50) == 0.0 and exploration_margin(500, 50) == 0.0
+    assert exploration_margin(30, 100) == 0.5 and exploration_margin(60, 100) == 0.0
+    assert exploration_margin(0) == 1.0 and exploration_margin(10) == 0.5
+    assert exploration_margin(20) == 0.0 and exploration_margin(500) == 0.0
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="budget"):
+            exploration_margin(3, bad)
+        with pytest.raises(ValueError, match="budget"):
+            GPScreen(1, 2, budget=bad)
     # Ten points on [0, 0.8] of a bowl with its minimum at 0.2: the minimum itself
     # against a point beyond the last observation.
     X = torch.linspace(0.0, 0.8, 10, dtype=torch.float64)[None, :, None]
@@ -134,7 +142,7 @@ def test_the_exploration_margin_favours_new_regions_early_and_vanishes_later(mon
     assert without[0] > without[1]  # plain EI refines the incumbent
     assert with_margin[1] > with_margin[0]  # the margin looks where nothing was seen
     # A screen of a ten-query run has no margin left after ten observations.
-    short = GPScreen(1, 1, length=10)
+    short = GPScreen(1, 1, budget=10)
     for i in range(10):
         short.add(X[:, i], Y[:, i])
     assert torch.allclose(short.log_ei(C)[0], without)

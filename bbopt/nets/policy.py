@@ -324,7 +324,7 @@ def rollout(policy: BBOPolicy, fn: Any, horizon: int, *, parallel: int = 1,
     B, d = fn.batch_size, fn.dim
     dev, dt = fn.device, fn.dtype
     rs = policy.init(B, d, dev, dt)
-    gp = GPScreen(B, d, dev, length=horizon) if screen else None
+    gp = GPScreen(B, d, dev, budget=horizon) if screen else None
     n_local, n_uni = local_candidates(screen), uniform_candidates(screen)
     n_sub = subspace_candidates(n_uni, d)
     xs: list[torch.Tensor] = []

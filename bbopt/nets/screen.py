@@ -13,8 +13,9 @@ Bayesian optimization's cost. The GP is kept cheap:
   next), so they track the data as it grows; the last step's factorization scores the
   candidates;
 * EI evaluated only at the candidates (no acquisition optimization), measured from a
-  margin below the best value that shrinks to zero over the first 60% of the run's queries
-  (``exploration_margin``): explore first, refine after.
+  margin below the best value that shrinks to zero over the first 60% of the run's queries,
+  or its first 20 when their number is not known (``exploration_margin``): explore
+  first, refine after.
 
 Everything is batched over runs. The state after ``n`` observations depends only on them
 and their order, not on when it was asked, so a replayed history gives the same screen.
@@ -54,16 +55,19 @@ JITTER = 1e-6
 LOCAL_SCALES = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 #: Exploration margin: early in a run, EI counts improvement over the best standardized
 #: value minus ``EXPLORE_MARGIN``, a margin that shrinks linearly to zero at
-#: ``EXPLORE_FRACTION`` of the run's length (its budget of queries; ``RUN_LENGTH`` when
-#: not known, so 60 observations; ``exploration_margin``). Candidates that merely refine
-#: the incumbent promise little beyond it, so the first queries look for better basins,
-#: and the rest refine. On fresh GP samples (BENCHMARKS.md, "An exploration margin" and
-#: "The margin follows the budget") it lowered the median regret at 100 queries in 4 to
-#: 12 dimensions, where runs stuck in a local basin for good set the median, and left 2
-#: and 3 level; runs of 50 queries gain from it only when it ends at 30 rather than 60.
+#: ``EXPLORE_FRACTION`` of the run's budget of queries, or at ``EXPLORE_UNTIL_UNKNOWN``
+#: observations when the budget is not known (``explore_until``). Candidates that merely
+#: refine the incumbent promise little beyond it, so the first queries look for better
+#: basins, and the rest refine. On fresh GP samples (BENCHMARKS.md, "An exploration
+#: margin", "The margin follows the budget" and "Without a budget") it lowered the
+#: median regret at 100 queries in 4 to 12 dimensions, where runs stuck in a local basin
+#: for good set the median, and left 2 and 3 level; but a margin still open near the end
+#: of a run costs its refinement (ending at 60, it lost 1 to 3.6 orders of magnitude at
+#: 50 queries in 2 and 3 dimensions). Without a budget it ends at 20, which was level
+#: with or ahead of no margin at 25, 50 and 100 queries.
 EXPLORE_MARGIN = 1.0
 EXPLORE_FRACTION = 0.6
-RUN_LENGTH = 100
+EXPLORE_UNTIL_UNKNOWN = 20.0
 #: Candidates this close (max-norm) to a queried point count as repeats of it.
 REPEAT_TOL = 1e-9
 _SQRT5 = math.sqrt(5.0)
@@ -86,24 +90,33 @@ def log_ei(u: torch.Tensor) -> torch.Tensor:
     return torch.where(u > -1.0, direct, tail)
 
 
-def exploration_margin(n: int, length: int = RUN_LENGTH) -> float:
+def explore_until(budget: int | None) -> float:
+    """The observations after which the exploration margin is zero, for a run of
+    ``budget`` queries (``None``: not known)."""
+    if budget is None:
+        return EXPLORE_UNTIL_UNKNOWN
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ValueError(f"budget must be a positive integer or None, got {budget!r}")
+    return EXPLORE_FRACTION * budget
+
+
+def exploration_margin(n: int, budget: int | None = None) -> float:
     """How far below the best standardized value EI measures improvement after ``n``
-    observations of a run of ``length`` queries: ``EXPLORE_MARGIN`` at the start, zero
-    from ``EXPLORE_FRACTION * length`` on."""
-    return EXPLORE_MARGIN * max(0.0, 1.0 - n / (EXPLORE_FRACTION * length))
+    observations of a run of ``budget`` queries: ``EXPLORE_MARGIN`` at the start, zero
+    from ``explore_until(budget)`` on."""
+    return EXPLORE_MARGIN * max(0.0, 1.0 - n / explore_until(budget))
 
 
 class GPScreen:
     """The screen's GP for ``batch`` runs in ``dim`` dimensions, updated one observation
-    at a time (``add``); ``log_ei`` scores candidates. ``length``: the queries the runs
-    will make, which times the exploration margin."""
+    at a time (``add``); ``log_ei`` scores candidates. ``budget``: the queries the runs
+    will make (``None``: not known), which times the exploration margin."""
 
     def __init__(self, batch: int, dim: int, device: torch.device | str | None = None,
-                 length: int = RUN_LENGTH) -> None:
-        if length < 1:
-            raise ValueError(f"length must be positive, got {length}")
+                 budget: int | None = None) -> None:
+        explore_until(budget)  # validates
         self.opts: dict = {"dtype": torch.float64, "device": device}
-        self.batch, self.dim, self.length = batch, dim, length
+        self.batch, self.dim, self.budget = batch, dim, budget
         self.n = 0
         self._X = torch.zeros(batch, 8, dim, **self.opts)
         self._Y = torch.zeros(batch, 8, **self.opts)
@@ -216,15 +229,15 @@ class GPScreen:
     def log_ei(self, C: torch.Tensor, pending: torch.Tensor | None = None) -> torch.Tensor:
         """Log expected improvement (B, K) of candidates ``C`` (B, K, d), with ``pending``
         (B, p, d) points as believers; needs two observations or more. Improvement
-        counts from ``exploration_margin(n, length)`` below the best value. A candidate within
-        ``REPEAT_TOL`` of a queried point in every coordinate scores -inf."""
+        counts from ``exploration_margin(n, budget)`` below the best value. A candidate
+        within ``REPEAT_TOL`` of a queried point in every coordinate scores -inf."""
         if C.dim() != 3 or C.shape[0] != self.batch or C.shape[2] != self.dim:
             raise ValueError(f"candidates of shape {tuple(C.shape)} do not fit "
                              f"({self.batch}, K, {self.dim})")
         if self.n < 2 or self._fit is None:
             raise ValueError("the screen needs at least two observations")
         theta, inv_ls2, L, alpha, Ys = self._fit
-        margin = exploration_margin(self.n, self.length)
+        margin = exploration_margin(self.n, self.budget)
         X, best = self.X, Ys.min(1).values.unsqueeze(1) - margin
         if pending is not None and pending.shape[1]:
             P = pending.detach().to(**self.opts)

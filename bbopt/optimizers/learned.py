@@ -20,18 +20,21 @@ order), it replays the history from the start.
 * GP screen (``screen``, default 32): each proposal is the pick, by expected improvement
   under the cheap GP of ``bbopt.nets.screen`` fitted to the episode's trials (ARD
   Matern-5/2; improvement counted from a margin below the best value that vanishes
-  over the first 60% of the episode: 60 trials, or 30 with ``budget=50``), among
+  over the first 60% of the episode when its length is known, 30 trials with
+  ``budget=50``, and over the first 20 trials when not), among
   ``screen`` draws from the policy, eight times as many uniform points (from d = 4 on,
   half of them the incumbent with only 1 to 4 of its coordinates redrawn) and 24
   perturbations of the incumbent at scales 1e-1 .. 1e-6, clipped to the cube (so optima
   on its faces are reached exactly); ``screen=0`` takes the policy's own draw.
   The GP's hyperparameters move by one marginal-likelihood step per new observation,
   like the policy's recurrent state.
-* ``budget`` (optional): the trials the study will run. The last episode is that many
-  trials long when it is shorter than the horizon, and its screen's margin ends at 60%
-  of it; without it every episode plans for the full horizon. ``bbopt tune`` and
-  ``bbopt bench`` pass it; runs of 50 trials found lower values with it (BENCHMARKS.md,
-  "The margin follows the budget").
+* ``budget`` (optional): the trials the study will run. Each episode's screen then
+  explores for 60% of the episode (the horizon, or what is left of the budget), which
+  found lower values at 50 and 100 trials than the margin that ends at 20 trials
+  without a budget (BENCHMARKS.md, "The margin follows the budget" and "Without a
+  budget"); the short margin is the default because a long one costs a study that
+  stops early far more than a short one costs a long study. ``bbopt tune`` and
+  ``bbopt bench`` pass it.
 * Parallel asks: ``ask(n)`` draws ``n`` proposals from the same state with independent
   noise, so they are distinct; the screen treats pending trials (other workers' and the
   ask's earlier proposals) as observed at the GP's mean, so it does not pick next to
@@ -52,7 +55,7 @@ import numpy as np
 import torch
 
 from bbopt.nets.policy import local_candidates, subspace_candidates, uniform_candidates
-from bbopt.nets.screen import GPScreen
+from bbopt.nets.screen import GPScreen, explore_until
 from bbopt.optimizers.base import History, Optimizer, register
 from bbopt.optimizers.random import sobol_points
 
@@ -95,9 +98,7 @@ class _PolicyOptimizer(Optimizer):
         super().__init__(dim, seed)
         if isinstance(screen, bool) or not isinstance(screen, int) or screen < 0:
             raise ValueError(f"screen must be an integer >= 0, got {screen!r}")
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)
-                                   or budget < 1):
-            raise ValueError(f"budget must be a positive integer or None, got {budget!r}")
+        explore_until(budget)  # a positive integer or None, else ValueError
         self.screen, self.budget = screen, budget
         # BBOPT_DEVICE lets a host (the service's GPU actors) place every study's policy
         # without writing a device into the studies' stored options.
@@ -115,11 +116,13 @@ class _PolicyOptimizer(Optimizer):
         self._proposed = True  # the proposal after the last observation is in _rs
         self._gp: GPScreen | None = None
 
-    def _episode_length(self, start: int) -> int:
-        """Trials of the episode that starts at trial ``start``: the horizon, or what is
-        left of the budget when that is less (the whole horizon past the budget)."""
-        left = self.horizon if self.budget is None else self.budget - start
-        return self.horizon if left < 1 else min(self.horizon, left)
+    def _episode_budget(self, start: int) -> int | None:
+        """Trials of the episode that starts at trial ``start``, for its screen: the
+        horizon, or what is left of the budget when that is less; ``None`` (not known)
+        without a budget or past it."""
+        if self.budget is None or self.budget <= start:
+            return None
+        return min(self.horizon, self.budget - start)
 
     def _state(self, X: np.ndarray, y: np.ndarray) -> Any:
         """The policy's state after the current episode's trials (the completed trials
@@ -133,7 +136,7 @@ class _PolicyOptimizer(Optimizer):
                 or not np.array_equal(self._y, y[:m])):
             self._rs, m = self.policy.init(1, self.dim, self.device), 0
             self._proposed = True
-            self._gp = (GPScreen(1, self.dim, self.device, self._episode_length(start))
+            self._gp = (GPScreen(1, self.dim, self.device, self._episode_budget(start))
                         if self.screen else None)
         rs = self._rs
         if m < len(y):
