@@ -46,7 +46,8 @@ class Task:
 _REGISTRY: dict[str, Task] = {}
 
 # Modules that register the built-in tasks, imported on first lookup.
-_BUILTIN_MODULES = ("bbopt.tasks.synthetic", "bbopt.tasks.hpo", "bbopt.tasks.gp_prior")
+_BUILTIN_MODULES = ("bbopt.tasks.synthetic", "bbopt.tasks.hpo", "bbopt.tasks.gp_prior",
+                    "bbopt.tasks.families")
 
 #: The held-out GP-prior benchmark functions (``bbopt.tasks.gp_prior``): this many
 #: samples in each of these dimensions, named by ``gp_task_name``.
@@ -85,6 +86,8 @@ SUITES: dict[str, list[str]] = {
     "gp-prior-16": [gp_task_name(d, i) for d in GP_HELD_OUT_DIMS
                     for i in range(GP_HELD_OUT_SAMPLES)],
     "hpo": ["digits_mlp", "breast_cancer_gbm", "wine_svm"],
+    # Families nothing was trained or chosen on (``bbopt.tasks.families``).
+    "families": ["mixed6", "plateau4", "rastrigin5", "illcond10", "sphere20"],
 }
 
 

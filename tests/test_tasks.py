@@ -66,6 +66,23 @@ def test_synthetic_import_is_cheap_and_suites():
     assert t.space.dim == 6 and "Hartmann" in t.description
 
 
+def test_families_reach_their_optimum_at_the_stated_points_and_nowhere_below():
+    from bbopt.tasks.families import MINIMIZERS
+
+    assert set(SUITES["families"]) == set(MINIMIZERS)
+    rng = np.random.default_rng(0)
+    for task in get_suite("families"):
+        best = MINIMIZERS[task.name]
+        assert task.space.validate(best) is not None and task(best) == pytest.approx(0, abs=1e-12)
+        assert task.optimum == 0.0
+        for _ in range(50):  # random points of the space are worse
+            u = rng.uniform(size=task.space.dim)
+            assert task(task.space.decode(u)) > 0.0
+    assert get_task("sphere20").space.dim == 20
+    mixed = get_task("mixed6")
+    assert mixed({**MINIMIZERS["mixed6"], "opt": "sgd"}) == pytest.approx(0.5)
+
+
 # -- Task and the registry ---------------------------------------------------------------
 def test_regret():
     t = Task("t", Space({"x": {"type": "float", "low": 0, "high": 1}}), lambda p: p["x"], 0.25)

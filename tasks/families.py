@@ -1,0 +1,84 @@
+"""The ``families`` suite: problem families that neither training (GP-prior samples) nor
+the other suites hold, each with a known optimum of 0, for checking how the learned
+methods generalize through the public contract (``bbopt bench --suite families``,
+with ``--no-tell-budget`` as a user with default settings runs them):
+
+* ``mixed6``: a hyperparameter-like space (two floats, a log-scaled float, two integers
+  and a categorical) whose value is a sum of separable terms;
+* ``plateau4``: piecewise constant (a staircase around a point), no gradient signal
+  for a model to follow, only level sets;
+* ``rastrigin5``: shifted Rastrigin, a regular grid of about 10^5 local minima;
+* ``illcond10``: a rotated quadratic with condition number 10^4;
+* ``sphere20``: a shifted sphere in 20 dimensions, above the 12 the policies were
+  trained for.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from bbopt.tasks.base import Task, register
+
+from bbopt.space import Categorical, Float, Int, Space
+
+_CHOICE_COST = {"adam": 0.0, "sgd": 0.5, "rmsprop": 1.0, "lbfgs": 0.2}
+
+
+def mixed6(p: dict[str, Any]) -> float:
+    return ((p["a"] - 0.3) ** 2 + (p["b"] + 1.0) ** 2 / 4 + (math.log10(p["lr"]) + 3) ** 2 / 4
+            + 0.1 * (p["layers"] - 5) ** 2 + 0.05 * abs(p["k"] - 2) + _CHOICE_COST[p["opt"]])
+
+
+def plateau4(p: dict[str, Any]) -> float:
+    return float(sum(math.floor(abs(p[f"x{i}"] - 1.3) * 4) for i in range(4)))
+
+
+def rastrigin5(p: dict[str, Any]) -> float:
+    z = np.array([p[f"x{i}"] for i in range(5)]) - 0.7
+    return float(10 * 5 + np.sum(z * z - 10 * np.cos(2 * np.pi * z)))
+
+
+_ROTATION = np.linalg.qr(np.random.default_rng(7).normal(size=(10, 10)))[0]
+_CURVATURES = np.logspace(0, 4, 10)
+
+
+def illcond10(p: dict[str, Any]) -> float:
+    z = _ROTATION @ (np.array([p[f"x{i}"] for i in range(10)]) - 0.2)
+    return float(np.sum(_CURVATURES * z * z))
+
+
+_SHIFT = np.random.default_rng(123).uniform(-2.0, 2.0, 20)
+
+
+def sphere20(p: dict[str, Any]) -> float:
+    return float(np.sum((np.array([p[f"x{i}"] for i in range(20)]) - _SHIFT) ** 2))
+
+
+#: The point where each task reaches its optimum of 0 (tests check it).
+MINIMIZERS: dict[str, dict[str, Any]] = {
+    "mixed6": {"a": 0.3, "b": -1.0, "lr": 1e-3, "layers": 5, "k": 2, "opt": "adam"},
+    "plateau4": {f"x{i}": 1.3 for i in range(4)},
+    "rastrigin5": {f"x{i}": 0.7 for i in range(5)},
+    "illcond10": {f"x{i}": 0.2 for i in range(10)},
+    "sphere20": {f"x{i}": float(_SHIFT[i]) for i in range(20)},
+}
+
+
+def _box(lo: float, hi: float, dim: int) -> Space:
+    return Space({f"x{i}": Float(lo, hi) for i in range(dim)})
+
+
+for _name, _space, _fn, _what in (
+    ("mixed6", Space({"a": Float(0.0, 1.0), "b": Float(-3.0, 3.0),
+                      "lr": Float(1e-6, 1.0, log=True), "layers": Int(1, 12),
+                      "k": Int(0, 7), "opt": Categorical(list(_CHOICE_COST))}),
+     mixed6, "mixed floats, log float, integers and a categorical"),
+    ("plateau4", _box(-5.0, 5.0, 4), plateau4, "staircase, 4-d, minimum plateau at 1.3"),
+    ("rastrigin5", _box(-5.12, 5.12, 5), rastrigin5, "Rastrigin, 5-d, shifted to 0.7"),
+    ("illcond10", _box(-1.0, 1.0, 10), illcond10,
+     "rotated quadratic, 10-d, condition number 1e4, minimum at 0.2"),
+    ("sphere20", _box(-5.0, 5.0, 20), sphere20, "shifted sphere, 20-d"),
+):
+    register(Task(_name, _space, _fn, optimum=0.0, description=_what))
