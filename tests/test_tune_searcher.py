@@ -150,6 +150,23 @@ def test_set_search_properties_follows_tunes_convention():
     assert isinstance(own.suggest("t")["x"], float)
 
 
+def test_tunes_num_samples_becomes_the_learned_studys_budget():
+    def start(s: BBOptSearch, **spec) -> BBOptSearch:
+        assert s.set_search_properties("loss", "min", {"x": tune.uniform(0, 1)}, **spec)
+        return s
+
+    s = start(BBOptSearch(seed=0), num_samples=40, stop=None, time_budget_s=None)
+    assert s.study._optimizer.budget == 40 and s.get_state()["options"] == {"budget": 40}
+    assert start(BBOptSearch(seed=0, budget=12), num_samples=40).study._optimizer.budget == 12
+    assert start(BBOptSearch(seed=0), num_samples=-1).study._optimizer.budget is None  # no end
+    assert start(BBOptSearch(seed=0)).study._optimizer.budget is None
+    assert start(BBOptSearch(seed=0, method="random"), num_samples=40).get_state()["options"] == {}
+    # a searcher whose study started with its own space keeps it as it was
+    own = BBOptSearch({"x": tune.uniform(0, 1)}, metric="loss", mode="min", seed=0)
+    assert not own.set_search_properties(None, None, {"epochs": 3}, num_samples=40)
+    assert own.study._optimizer.budget is None
+
+
 def test_bad_settings_raise_clearly():
     with pytest.raises(ValueError, match="mode"):
         BBOptSearch(TUNE_SPACE, metric="loss", mode="minimize")
@@ -369,6 +386,7 @@ def test_tuner_end_to_end_and_restore(local_ray, tmp_path):
     trials = restored.study.trials
     assert len(trials) == 8 and restored.live_trials == {}
     assert all(t.state is TrialState.COMPLETE for t in trials)
+    assert restored.study._optimizer.budget == 8  # Tune's num_samples, kept on restore
     assert sorted(t.value for t in trials) == pytest.approx(sorted(losses))
     assert restored.study.best_trial.value == pytest.approx(best.metrics["loss"])
     assert restored.best_config == best.config

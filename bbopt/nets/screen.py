@@ -59,12 +59,12 @@ LOCAL_SCALES = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 #: observations when the budget is not known (``explore_until``). Candidates that merely
 #: refine the incumbent promise little beyond it, so the first queries look for better
 #: basins, and the rest refine. On fresh GP samples (BENCHMARKS.md, "An exploration
-#: margin", "The margin follows the budget" and "Without a budget") it lowered the
+#: margin", "The margin follows the budget", "Default settings") it lowered the
 #: median regret at 100 queries in 4 to 12 dimensions, where runs stuck in a local basin
 #: for good set the median, and left 2 and 3 level; but a margin still open near the end
 #: of a run costs its refinement (ending at 60, it lost 1 to 3.6 orders of magnitude at
-#: 50 queries in 2 and 3 dimensions). Without a budget it ends at 20, which was level
-#: with or ahead of no margin at 25, 50 and 100 queries.
+#: 50 queries in 2 and 3 dimensions). Without a budget it ends at 20, which stayed within
+#: 0.03 of no margin in median at 25, 50 and 100 queries and cost least at 25.
 EXPLORE_MARGIN = 1.0
 EXPLORE_FRACTION = 0.6
 EXPLORE_UNTIL_UNKNOWN = 20.0

@@ -31,8 +31,8 @@ order), it replays the history from the start.
 * ``budget`` (optional): the trials the study will run. Each episode's screen then
   explores for 60% of the episode (the horizon, or what is left of the budget), which
   found lower values at 50 and 100 trials than the margin that ends at 20 trials
-  without a budget (BENCHMARKS.md, "The margin follows the budget" and "Without a
-  budget"); the short margin is the default because a long one costs a study that
+  without a budget (BENCHMARKS.md, "The margin follows the budget" and "Default
+  settings: the margin without a budget"); the short margin is the default because a long one costs a study that
   stops early far more than a short one costs a long study. ``bbopt tune`` and
   ``bbopt bench`` pass it.
 * Parallel asks: ``ask(n)`` draws ``n`` proposals from the same state with independent

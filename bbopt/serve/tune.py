@@ -56,7 +56,7 @@ from ray.tune.search.sample import Float as TuneFloat
 from ray.tune.search.sample import Integer as TuneInteger
 
 from bbopt.errors import BBOptError, SpaceError, UnknownMethodError
-from bbopt.optimizers.base import DEFAULT_METHOD, available_methods, make_optimizer
+from bbopt.optimizers.base import DEFAULT_METHOD, available_methods, budget_options, make_optimizer
 from bbopt.space import Categorical, Float, Int, Param, Space, param_from_dict
 from bbopt.study import Study
 from bbopt.trial import Trial, TrialState
@@ -398,8 +398,14 @@ class BBOptSearch(Searcher):
     ) -> bool:
         """Take Tune's ``param_space`` as the space (and its metric and mode). False, per
         Tune's convention, when a space was given already or ``config`` has nothing to
-        search; the metric and mode are still taken where this searcher had none."""
+        search; the metric and mode are still taken where this searcher had none. Tune's
+        ``num_samples`` becomes the study's ``budget`` (for the learned methods) unless
+        one was given or the study has started."""
         _check_metric_mode(metric, mode)
+        samples = spec.get("num_samples")
+        if (self._study is None and "budget" not in self._options
+                and isinstance(samples, int) and not isinstance(samples, bool) and samples > 0):
+            self._options.update(budget_options(self._method, samples))
         if self._entries is not None:
             if self._study is None:  # Tune's metric/mode complete a searcher's own space
                 self._metric = self._metric or metric
