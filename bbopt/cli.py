@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from bbopt.errors import BBOptError, TrialError
+from bbopt.errors import BBOptError, StudyError, TrialError
 from bbopt.study import Study
 from bbopt.tasks.base import SUITES
 from bbopt.trial import Trial, TrialState
@@ -136,18 +136,25 @@ def tune(objective: str, space_file: str | None, budget: int, method: str | None
     fn = load_function(objective)
     space = Space.load(space_file) if space_file else getattr(fn, "space", None)
     name = name or (objective.split(":")[-1] if fn is not None else "shell")
+    from bbopt.optimizers.base import DEFAULT_METHOD, budget_options
+
+    # A new study's learned optimizer plans for --budget; an existing one keeps the
+    # options it was created with (locally, unless --method is given).
+    plan = budget_options(method or DEFAULT_METHOD, budget)
+    settings: dict[str, Any] = {"method": method, "direction": direction, "seed": seed}
     if service:
         from bbopt.serve.client import Client
 
-        study: Any = Client(service, token).study(name, space, method=method,
-                                                  direction=direction, seed=seed)
+        client = Client(service, token)
+        if name in client.studies():
+            study: Any = client.study(name, space, **settings)
+        else:
+            try:
+                study = client.study(name, space, **settings, **plan)
+            except StudyError:  # made meanwhile by another client, with other options
+                study = client.study(name, space, **settings)
     else:
-        from bbopt.optimizers.base import DEFAULT_METHOD, budget_options
-
-        # A new study's learned optimizer plans for --budget (an existing one keeps the
-        # options it was created with unless --method is given).
-        study = Study(space, method=method, direction=direction, seed=seed, storage=storage,
-                      name=name, **budget_options(method or DEFAULT_METHOD, budget))
+        study = Study(space, storage=storage, name=name, **settings, **plan)
     fn = (ShellObjective(objective, study.space.names) if fn is None
           else params_call(fn, study.space.names))
 

@@ -373,6 +373,8 @@ def test_tune_processes_share_a_study_through_the_service(service, tmp_path: Pat
     # Each process stops when the shared study reaches the budget; two processes can
     # both start a last trial at the same moment, so at most one worker's worth over.
     assert 10 <= len(done) <= 13 and len(done) == len(trials)
+    # The study was made for the budget (both processes asked to create it with it).
+    assert bbopt.Study.load("shared", storage)._record.options == {"budget": 10}
     # Without a token the command fails with the service's message.
     env.pop("BBOPT_TOKEN")
     bad = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
