@@ -29,12 +29,13 @@ order), it replays the history from the start.
   The GP's hyperparameters move by one marginal-likelihood step per new observation,
   like the policy's recurrent state.
 * ``budget`` (optional): the trials the study will run. Each episode's screen then
-  explores for 60% of the episode (the horizon, or what is left of the budget), which
-  found lower values at 50 and 100 trials than the margin that ends at 20 trials
-  without a budget (BENCHMARKS.md, "The margin follows the budget" and "Default
-  settings: the margin without a budget"); the short margin is the default because a long one costs a study that
-  stops early far more than a short one costs a long study. ``bbopt tune`` and
-  ``bbopt bench`` pass it.
+  explores for 60% of the episode (the horizon, or what is left of the budget; past the
+  budget, as without one), which found lower values at 50 and 100 trials than the
+  margin that ends at 20 trials without a budget (BENCHMARKS.md, "The margin follows
+  the budget" and "Default settings: the margin without a budget"). The short margin is
+  the default because a long one costs a study that stops early far more than a short
+  one costs a long study. ``bbopt tune``, ``bbopt bench`` and ``BBOptSearch`` (from
+  Tune's ``num_samples``) pass it.
 * Parallel asks: ``ask(n)`` draws ``n`` proposals from the same state with independent
   noise, so they are distinct; the screen treats pending trials (other workers' and the
   ask's earlier proposals) as observed at the GP's mean, so it does not pick next to
