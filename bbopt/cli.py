@@ -146,13 +146,14 @@ def tune(objective: str, space_file: str | None, budget: int, method: str | None
         from bbopt.serve.client import Client
 
         client = Client(service, token)
-        if name in client.studies():
-            study: Any = client.study(name, space, **settings)
-        else:
-            try:
-                study = client.study(name, space, **settings, **plan)
-            except StudyError:  # made meanwhile by another client, with other options
-                study = client.study(name, space, **settings)
+        try:
+            study: Any = client.study(name, space, **settings, **plan)
+        except StudyError:
+            if not plan:
+                raise
+            # It exists with other options: open it as it is (a mismatch in the other
+            # settings raises again, with the service's message).
+            study = client.study(name, space, **settings)
     else:
         study = Study(space, storage=storage, name=name, **settings, **plan)
     fn = (ShellObjective(objective, study.space.names) if fn is None

@@ -375,6 +375,13 @@ def test_tune_processes_share_a_study_through_the_service(service, tmp_path: Pat
     assert 10 <= len(done) <= 13 and len(done) == len(trials)
     # The study was made for the budget (both processes asked to create it with it).
     assert bbopt.Study.load("shared", storage)._record.options == {"budget": 10}
+    # A later run with another budget opens it as it is and runs to the new budget.
+    more = [*cmd[:cmd.index("--budget") + 1], "12", *cmd[cmd.index("--budget") + 2:]]
+    out = subprocess.run(more, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    study = bbopt.Study.load("shared", storage)
+    assert study._record.options == {"budget": 10}
+    assert len([t for t in study.trials if t.state is bbopt.TrialState.COMPLETE]) >= 12
     # Without a token the command fails with the service's message.
     env.pop("BBOPT_TOKEN")
     bad = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
