@@ -35,8 +35,13 @@ def plateau4(p: dict[str, Any]) -> float:
     return float(sum(math.floor(abs(p[f"x{i}"] - 1.3) * 4) for i in range(4)))
 
 
+def _point(p: dict[str, Any], dim: int) -> np.ndarray:
+    """The params ``x0 .. x{dim-1}`` as a vector."""
+    return np.array([p[f"x{i}"] for i in range(dim)])
+
+
 def rastrigin5(p: dict[str, Any]) -> float:
-    z = np.array([p[f"x{i}"] for i in range(5)]) - 0.7
+    z = _point(p, 5) - 0.7
     return float(10 * 5 + np.sum(z * z - 10 * np.cos(2 * np.pi * z)))
 
 
@@ -45,7 +50,7 @@ _CURVATURES = np.logspace(0, 4, 10)
 
 
 def illcond10(p: dict[str, Any]) -> float:
-    z = _ROTATION @ (np.array([p[f"x{i}"] for i in range(10)]) - 0.2)
+    z = _ROTATION @ (_point(p, 10) - 0.2)
     return float(np.sum(_CURVATURES * z * z))
 
 
@@ -53,7 +58,7 @@ _SHIFT = np.random.default_rng(123).uniform(-2.0, 2.0, 20)
 
 
 def sphere20(p: dict[str, Any]) -> float:
-    return float(np.sum((np.array([p[f"x{i}"] for i in range(20)]) - _SHIFT) ** 2))
+    return float(np.sum((_point(p, 20) - _SHIFT) ** 2))
 
 
 #: The point where each task reaches its optimum of 0 (tests check it).
