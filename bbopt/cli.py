@@ -755,6 +755,9 @@ def _meta_train(trainer_cls: Any, config: Any, run_dir: str, workers: int, gpus:
 @click.option("--snapshot-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also keep the weights every this many iterations in OUT/snapshots/ "
                    "(0: never), to choose among later.")
+@click.option("--screen", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Train and validate with the GP screen in the loop, this many policy "
+                   "draws per query (32 as used); 0: the policy's draw is the query.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default=None, help="torch device (default: cuda if present, else cpu).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
@@ -764,8 +767,8 @@ def _meta_train(trainer_cls: Any, config: Any, run_dir: str, workers: int, gpus:
 def train_bbo(run_dir: str, core: str, loss: str, iterations: int, horizon: int, batch: int,
               dims: str, parallel: str, hidden: int, layers: int, lr: float,
               step_weighting: str, rate_weight: float, regret_floor: float, init: str | None,
-              val_every: int, snapshot_every: int, seed: int, device: str | None,
-              threads: int | None, workers: int, gpus: bool) -> None:
+              val_every: int, snapshot_every: int, screen: int, seed: int,
+              device: str | None, threads: int | None, workers: int, gpus: bool) -> None:
     """Meta-train the black-box policy on GP-prior functions; resumes from OUT/last.pt."""
     import torch
 
@@ -780,7 +783,7 @@ def train_bbo(run_dir: str, core: str, loss: str, iterations: int, horizon: int,
                                 hidden=hidden, layers=layers, lr=lr,
                                 step_weighting=step_weighting, rate_weight=rate_weight,
                                 regret_floor=regret_floor, init=init, val_every=val_every,
-                                snapshot_every=snapshot_every,
+                                snapshot_every=snapshot_every, screen=screen,
                                 seed=seed, device=device)
     except ValueError as e:
         raise click.ClickException(str(e)) from None

@@ -308,6 +308,30 @@ def test_training_starts_from_given_weights_and_rejects_bad_settings(tmp_path):
         BBOTrainConfig(regret_floor=0.0)
 
 
+def test_training_with_the_screen_in_the_loop(tmp_path):
+    # With a screen, training rollouts and validation pick each query among the policy's
+    # draws and the screen's other candidates; the loss still reaches the policy (through
+    # the draws picked), and the weights file records the screen.
+    torch.set_num_threads(1)
+    config = BBOTrainConfig(dims=(3,), val_dims=(3,), horizon=12, batch=4, hidden=8,
+                            layers=1, iterations=1, val_every=1, val_functions=4,
+                            parallel=(1,), screen=8)
+    trainer = BBOTrainer(config, tmp_path, log=lambda msg: None)
+    loss = trainer.loss()
+    loss.backward()
+    grads = [p.grad for p in trainer.policy.parameters() if p.grad is not None]
+    assert grads and sum(float(g.abs().sum()) for g in grads) > 0
+    trainer.policy.zero_grad()
+    screened = trainer.val.evaluate(trainer.policy, config.horizon, screen=8)
+    assert trainer.evaluate_validation() == screened
+    assert screened != trainer.val.evaluate(trainer.policy, config.horizon)
+    trainer.run()
+    _, meta = load_policy(tmp_path / "best.pt")
+    assert meta["screen"] == 8 and "GP screen 8" in meta["validation_metric"]
+    with pytest.raises(ValueError, match="screen"):
+        BBOTrainConfig(screen=-1)
+
+
 def test_corrupt_weights_file_is_a_clear_error(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a policy")
     with pytest.raises(ValueError, match="not a bbopt black-box policy"):

@@ -53,6 +53,11 @@ class BBOTrainConfig:
     core_options: dict[str, Any] = field(default_factory=dict)
     regret_floor: float = 1e-4
     init: str | None = None  # shipped-format weights to start from (same architecture)
+    # Policy draws per query of a GP screen in the loop (``rollout``'s ``screen``), in
+    # training and validation alike: the policy learns to propose as it is used, among
+    # the screen's other candidates (gradients flow when one of its draws is picked).
+    # 0: the policy's own draw is the query.
+    screen: int = 0
 
     def __post_init__(self) -> None:
         if not self.regret_floor > 0:
@@ -72,6 +77,8 @@ class BBOTrainConfig:
                 raise ValueError(f"{name} must be a positive integer")
         if int(self.snapshot_every) < 0:
             raise ValueError("snapshot_every must be an integer >= 0")
+        if int(self.screen) < 0:
+            raise ValueError("screen must be an integer >= 0")
         self.lengthscale_range = tuple(self.lengthscale_range)  # type: ignore[assignment]
         self.noise_std_range = tuple(self.noise_std_range)  # type: ignore[assignment]
 
@@ -124,14 +131,15 @@ class ValidationSet:
             self.sets.append((d, fn, fmin))
 
     def evaluate(self, policy: BBOPolicy, horizon: int, parallel: int = 1,
-                 seed: int = 0) -> dict[str, float]:
+                 seed: int = 0, screen: int = 0) -> dict[str, float]:
         """Mean log10 (simple regret + floor), regret in prior std units, at the horizon,
-        per dim and overall."""
+        per dim and overall; ``screen`` as in ``rollout``."""
         policy.eval()
         out: dict[str, float] = {}
         for d, fn, fmin in self.sets:
             g = torch.Generator(device=fn.device).manual_seed(seed + d)
-            logr = final_log_regret(policy, fn, fmin, horizon, parallel, g, self.floor)
+            logr = final_log_regret(policy, fn, fmin, horizon, parallel, g, self.floor,
+                                    screen)
             out[f"d{d}"] = float(logr.mean())
         out["mean"] = sum(out[f"d{d}"] for d, _, _ in self.sets) / len(self.sets)
         policy.train()
@@ -202,9 +210,10 @@ class BBOTrainer(MetaTrainer):
             "parallel": list(c.parallel), "batch": c.batch, "lr": c.lr,
             "prior": {"kernel": c.kernel, "lengthscale_range": list(c.lengthscale_range),
                       "noise_std_range": list(c.noise_std_range)},
-            "init": c.init, "regret_floor": c.regret_floor,
+            "init": c.init, "regret_floor": c.regret_floor, "screen": c.screen,
             "validation_metric": f"mean log10(simple regret + {c.regret_floor:g}) at the "
-                                 "horizon, regret in prior std units, held-out GP samples",
+                                 "horizon, regret in prior std units, held-out GP samples"
+                                 + (f", GP screen {c.screen}" if c.screen else ""),
         }
 
     def loss(self) -> torch.Tensor:
@@ -212,7 +221,7 @@ class BBOTrainer(MetaTrainer):
         d = c.dims[int(torch.randint(len(c.dims), (1,), generator=g))]
         q = c.parallel[int(torch.randint(len(c.parallel), (1,), generator=g))]
         fn = self.prior.sample(c.batch, d, generator=g, device=self.device)
-        x, y = rollout(self.policy, fn, c.horizon, parallel=q, generator=g)
+        x, y = rollout(self.policy, fn, c.horizon, parallel=q, generator=g, screen=c.screen)
         w = step_weights(c.horizon, c.step_weighting, device=self.device, dtype=y.dtype)
         y_min = None
         if c.loss == "log-regret":
@@ -222,7 +231,7 @@ class BBOTrainer(MetaTrainer):
                         y_min=y_min, regret_floor=c.regret_floor)
 
     def evaluate_validation(self) -> dict[str, float]:
-        return self.val.evaluate(self.policy, self.config.horizon)
+        return self.val.evaluate(self.policy, self.config.horizon, screen=self.config.screen)
 
 
 #: Seeds of the evaluation functions of ``evaluate``: apart from training (seed 0..),
