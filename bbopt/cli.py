@@ -565,7 +565,8 @@ def bench_serve(clients: str, seconds: float, method: str, studies: int, trials:
 
 @main.command("bench-gradient")
 @click.option("--families", default=None,
-              help="Comma-separated optimizee families (default: all but the training-only cnn-synth).")
+              help="Comma-separated optimizee families (default: all but the training-only "
+                   "cnn-synth and mlp-synth).")
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--problems", type=click.IntRange(min=1), default=8, show_default=True,

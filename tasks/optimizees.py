@@ -13,7 +13,11 @@ Each family samples a batch of B independent problems over flat parameter vector
 * ``cnn-synth`` (for training only, never benchmarked): a CNN of random widths on
   synthetic 8x8 images that the code draws per batch (10 classes, each a random pattern
   of blobs, seen shifted and noisy), so that a rule can meet convolutions in training
-  without ever seeing the digits CNN.
+  without ever seeing the digits CNN;
+* ``mlp-synth`` (for training only, never benchmarked): MLPs of a random width and
+  activation on such synthetic images, trained on small minibatches (8 to 32), so that a
+  rule meets gradients dominated by minibatch noise (the digits MLPs' minibatches of 128
+  of 1,257 images are nearly the full batch) without ever seeing the digits MLPs.
 
 ``loss(theta)`` is what an optimizer sees (the minibatch loss for the MLPs and CNN, drawn
 afresh at each call), ``full_loss(theta)`` what is reported (the loss on the whole
@@ -32,7 +36,7 @@ import torch.nn.functional as F
 
 TRAIN_FAMILIES = ("quadratic", "mlp-sigmoid")
 #: Families that only serve as training material (augmentation); benchmarks leave them out.
-TRAINING_ONLY = ("cnn-synth",)
+TRAINING_ONLY = ("cnn-synth", "mlp-synth")
 
 
 class Optimizee:
@@ -157,21 +161,38 @@ class CNN(_Minibatched):
         return torch.func.vmap(self._one, in_dims=(0, None))(theta, images)
 
 
+def _mlp_problem(X: torch.Tensor, labels: torch.Tensor, widths: list[int], activation: str,
+                 batch: int, generator: torch.Generator, device: torch.device | str,
+                 name: str, minibatch: int = 128) -> Optimizee:
+    """``batch`` MLPs (hidden layers of ``widths``) on the images ``X``."""
+    sizes = [X.shape[1], *widths, 10]
+    shapes: list[tuple[int, ...]] = []
+    fans: list[int] = []
+    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+        shapes += [(a, b), (b,)]
+        fans += [a, a]
+    theta0 = _init(shapes, fans, batch, generator).to(device)
+    data = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+    return MLP(shapes=shapes, X=X.to(device), labels=labels.to(device), theta0=theta0,
+               data_generator=data, minibatch=minibatch, name=name, activation=activation)
+
+
 def _mlp(name: str, widths: list[int], activation: str) -> Callable[..., Optimizee]:
     def make(batch: int, generator: torch.Generator, device: torch.device | str) -> Optimizee:
         X, labels = _digits(device)
-        sizes = [X.shape[1], *widths, 10]
-        shapes: list[tuple[int, ...]] = []
-        fans: list[int] = []
-        for a, b in zip(sizes[:-1], sizes[1:], strict=True):
-            shapes += [(a, b), (b,)]
-            fans += [a, a]
-        theta0 = _init(shapes, fans, batch, generator).to(device)
-        data = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-        return MLP(shapes=shapes, X=X, labels=labels, theta0=theta0, data_generator=data,
-                   name=name, activation=activation)
+        return _mlp_problem(X, labels, widths, activation, batch, generator, device, name)
 
     return make
+
+
+def _mlp_synth(batch: int, generator: torch.Generator, device: torch.device | str
+               ) -> Optimizee:
+    X, labels = synthetic_images(1024, generator)
+    width = int(torch.randint(16, 65, (1,), generator=generator))
+    activation = ("sigmoid", "relu")[int(torch.randint(2, (1,), generator=generator))]
+    minibatch = (8, 16, 32)[int(torch.randint(3, (1,), generator=generator))]
+    return _mlp_problem(X, labels, [width], activation, batch, generator, device,
+                        "mlp-synth", minibatch)
 
 
 def _cnn_problem(X: torch.Tensor, labels: torch.Tensor, channels: tuple[int, int],
@@ -293,6 +314,7 @@ FAMILIES: dict[str, Callable[..., Optimizee]] = {
     "sparse-l1": _sparse("l1"),
     "sparse-group": _sparse("group"),
     "cnn-synth": _cnn_synth,
+    "mlp-synth": _mlp_synth,
 }
 #: What benchmarks run by default: every family but the training-only ones.
 BENCH_FAMILIES = tuple(f for f in FAMILIES if f not in TRAINING_ONLY)

@@ -45,6 +45,22 @@ def test_synthetic_images_are_a_learnable_training_only_family():
     assert "cnn" in BENCH_FAMILIES  # the digits CNN stays a held-out benchmark
 
 
+def test_noisy_synthetic_mlps_are_a_training_only_family():
+    # MLPs on the synthetic images with small minibatches: the loss an optimizer sees
+    # is a noisy estimate of the full loss, and the family never enters a benchmark.
+    sizes, acts = set(), set()
+    for seed in range(12):
+        p = sample_optimizee("mlp-synth", 3, torch.Generator().manual_seed(seed), "cpu")
+        sizes.add(p.minibatch)
+        acts.add(p.activation)
+        assert p.theta0.shape == (3, p.dim) and 16 * 64 < p.dim < 65 * 75
+    assert sizes <= {8, 16, 32} and len(sizes) > 1 and acts == {"sigmoid", "relu"}
+    draws = torch.stack([p.loss(p.theta0) for _ in range(20)])
+    assert torch.isfinite(draws).all() and (draws.std(0) > 0).all()
+    assert (draws.mean(0) - p.full_loss(p.theta0)).abs().max() < 0.2
+    assert "mlp-synth" in FAMILIES and "mlp-synth" not in BENCH_FAMILIES
+
+
 def test_unknown_family_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown optimizee family"):
         sample_optimizee("resnet", 1, torch.Generator())
