@@ -202,7 +202,10 @@ def test_ctrl_c_stops_cleanly_and_rerun_resumes(workdir):
     cmd = [sys.executable, "-m", "bbopt.cli", "tune", "obj.py:slow", "--space", "space.json",
            "--budget", "1000", "--method", "random", "--storage", db, "--study", "int",
            "--workers", "2", "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as at a terminal: a suite started in the background (no job control) would
+    # hand the child an ignored SIGINT, and Python then installs no Ctrl-C handler.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline:
         time.sleep(0.2)
