@@ -42,15 +42,14 @@ def _record(steps: int) -> list[int]:
 
 
 def _weights_path(method: str) -> Path | None:
-    """The weights file of a learned method: ``lstm`` the shipped one, ``lstm:PATH``
-    other weights (an ablation's, say); None for the other methods."""
-    if method == "lstm":
-        from bbopt.optimizers.l2l import DEFAULT_WEIGHTS
+    """The weights file of a learned method: ``lstm`` the default rule, ``lstm:NAME`` a
+    shipped one by name, ``lstm:PATH`` other weights (an ablation's, say); None for the
+    other methods."""
+    if method != "lstm" and not method.startswith("lstm:"):
+        return None
+    from bbopt.optimizers.l2l import weights_path
 
-        return DEFAULT_WEIGHTS
-    if method.startswith("lstm:"):
-        return Path(method[len("lstm:"):])
-    return None
+    return weights_path(method[len("lstm:"):] or None)
 
 
 def _make(method: str, lr: float | None) -> Callable[[list[Any]], Any]:

@@ -576,8 +576,9 @@ def bench_serve(clients: str, seconds: float, method: str, studies: int, trials:
               show_default=True, help="Folder for runs.jsonl (cache; re-runs resume).")
 @click.option("--markdown", type=click.Path(dir_okay=False), default=None,
               help="Append the tables to this file (e.g. BENCHMARKS.md).")
-@click.option("--weights", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="More LSTM optimizer weights to run (as method lstm:PATH); repeatable.")
+@click.option("--weights", multiple=True,
+              help="More LSTM optimizer weights to run, a path or the name of a shipped "
+                   "rule (as method lstm:PATH or lstm:NAME); repeatable.")
 @click.option("--problem-seed", type=click.IntRange(min=0), default=None,
               help="Draw the problems from this seed stream instead of the benchmark's "
                    "(to choose among weights on problems the benchmark does not use; "
@@ -595,6 +596,12 @@ def bench_gradient(families: str | None, steps: int, seeds: int, problems: int, 
     unknown = [f for f in fams if f not in FAMILIES]
     if unknown:
         raise click.UsageError(f"unknown families {unknown}; known: {', '.join(FAMILIES)}")
+    from bbopt.optimizers.l2l import SHIPPED_WEIGHTS, weights_path
+
+    for w in weights:
+        if not weights_path(w).is_file():
+            raise click.BadParameter(f"{w!r} is neither a weights file nor a shipped rule "
+                                     f"({', '.join(SHIPPED_WEIGHTS)})", param_hint="--weights")
     command = "bbopt bench-gradient " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     benchmark_gradient(fams, seeds, problems, steps, Path(out), jobs=jobs, command=command,
                        markdown=Path(markdown) if markdown else None, log=click.echo,
@@ -808,6 +815,12 @@ def train_bbo(run_dir: str, core: str, loss: str, iterations: int, horizon: int,
               help="Meta-loss: sum of relative losses, or of their logs [log].")
 @click.option("--rate-weight", type=float, default=None,
               help="Weight lambda of the convergence-rate term [0].")
+@click.option("--param-units", "param_scale_decades", type=click.FloatRange(min=0),
+              default=None, help="Augmentation: each problem's parameters in units "
+                                 "10^U(-x, x), validation too [1]; 0: as drawn.")
+@click.option("--grad-units", "grad_scale_decades", type=click.FloatRange(min=0),
+              default=None, help="Augmentation: the gradients the rule sees scaled by "
+                                 "10^U(-x, x) per problem [2]; 0: as computed.")
 @click.option("--hidden", type=click.IntRange(min=1), default=None, help="LSTM width [20].")
 @click.option("--layers", type=click.IntRange(min=1), default=None, help="LSTM layers [2].")
 @click.option("--lr", type=float, default=None, help="Meta learning rate [1e-3].")

@@ -310,10 +310,13 @@ def test_train_l2l_and_bench_gradient_commands(tmp_path):
     res = runner.invoke(main, ["train", "l2l", "--out", str(run), "--iterations", "2",
                                "--horizon", "10", "--unroll", "5", "--batch", "2",
                                "--families", "quadratic", "--val-every", "1",
-                               "--snapshot-every", "1"])
+                               "--snapshot-every", "1", "--param-units", "0"])
     assert res.exit_code == 0, res.output
     assert (run / "best.pt").exists() and (run / "last.pt").exists()
     assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["it_1.pt", "it_2.pt"]
+    from bbopt.optimizers.l2l import load_l2l
+
+    assert load_l2l(run / "best.pt")[1]["param_scale_decades"] == 0
     res = runner.invoke(main, ["train", "l2l", "--out", str(run), "--families", "resnet"])
     assert res.exit_code != 0 and "unknown optimizee family 'resnet'" in res.output
     out = tmp_path / "bg"
@@ -338,6 +341,14 @@ def test_train_l2l_and_bench_gradient_commands(tmp_path):
     assert res.exit_code != 0 and "unknown families" in res.output
     res = runner.invoke(main, ["bench-gradient", "--problem-seed", "-1"])
     assert res.exit_code != 0 and "--problem-seed" in res.output
+    res = runner.invoke(main, ["bench-gradient", "--weights", "quadratc"])
+    assert res.exit_code != 0 and "neither a weights file nor a shipped rule" in res.output
+    # a shipped rule by name, beside the default one
+    res = runner.invoke(main, ["bench-gradient", "--families", "quadratic", "--steps", "20",
+                               "--seeds", "1", "--problems", "2", "--out", str(out),
+                               "--weights", "quadratic"])
+    assert res.exit_code == 0, res.output
+    assert "| lstm:quadratic |" in res.output
 
 
 def test_shell_gradient_mode(workdir):

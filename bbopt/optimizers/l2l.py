@@ -21,7 +21,24 @@ from bbopt.nets.l2l import L2LNet
 from bbopt.optimizers.base import History, Optimizer, register
 
 WEIGHTS_FORMAT = "bbopt-l2l-v1"
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "l2l-lstm.pt"
+_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+#: The shipped update rules by name. ``general``, the default, was meta-trained on the
+#: paper's quadratics, MLPs on digits and synthetic CNNs, for any model; ``quadratic``
+#: on the paper's random 10-dimensional quadratics alone, as the paper trains one rule
+#: per task family: faster there, not meant for other problems (BENCHMARKS.md).
+SHIPPED_WEIGHTS = {"general": _WEIGHTS_DIR / "l2l-lstm.pt",
+                   "quadratic": _WEIGHTS_DIR / "l2l-quadratic.pt"}
+DEFAULT_WEIGHTS = SHIPPED_WEIGHTS["general"]
+
+
+def weights_path(weights: str | Path | None) -> Path:
+    """The file of ``weights``: None the default rule, a name of ``SHIPPED_WEIGHTS``
+    that shipped rule, anything else a path."""
+    if weights is None:
+        return DEFAULT_WEIGHTS
+    if isinstance(weights, str) and weights in SHIPPED_WEIGHTS:
+        return SHIPPED_WEIGHTS[weights]
+    return Path(weights)
 
 
 def save_l2l(path: str | Path, net: L2LNet, meta: dict[str, Any]) -> None:
@@ -34,11 +51,13 @@ def save_l2l(path: str | Path, net: L2LNet, meta: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def load_l2l(path: str | Path = DEFAULT_WEIGHTS, device: str | torch.device = "cpu"
+def load_l2l(path: str | Path | None = None, device: str | torch.device = "cpu"
              ) -> tuple[L2LNet, dict[str, Any]]:
-    """Read weights written by ``save_l2l``: the net (eval mode, no gradients) and metadata."""
+    """Read weights written by ``save_l2l`` (``path`` as ``weights_path`` reads it): the
+    net (eval mode, no gradients) and metadata."""
+    path = weights_path(path)
     try:
-        blob = torch.load(Path(path), map_location=device, weights_only=True)
+        blob = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"no learned-optimizer weights at {path}") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
@@ -55,8 +74,10 @@ def load_l2l(path: str | Path = DEFAULT_WEIGHTS, device: str | torch.device = "c
 class LSTMOptimizer(torch.optim.Optimizer):
     """The learned coordinatewise LSTM optimizer.
 
-    ``weights``: a path to weights written by ``save_l2l`` (the shipped ones by default)
-    or an ``L2LNet`` (the meta-trainer validates the net it trains this way).
+    ``weights``: the name of a shipped rule (``SHIPPED_WEIGHTS``: ``"general"``, the
+    default, for any model; ``"quadratic"``, trained on quadratics alone), a path to
+    weights written by ``save_l2l``, or an ``L2LNet`` (the meta-trainer validates the
+    net it trains this way).
     ``lr`` (per parameter group) multiplies every update: 1 is what was learned, so it is
     not a learning rate to tune, but torch's learning-rate schedulers (warm-up, decay)
     work on it as on any optimizer's. ``scale`` is its former name.
@@ -91,7 +112,7 @@ class LSTMOptimizer(torch.optim.Optimizer):
         if isinstance(weights, L2LNet):
             self.net, self.meta = weights, {}
         else:
-            self.net, self.meta = load_l2l(DEFAULT_WEIGHTS if weights is None else weights)
+            self.net, self.meta = load_l2l(weights)
         self._net_device = next(self.net.parameters()).device
         self._state_len = len(self.net.initial_state(0))
 
@@ -168,7 +189,7 @@ class L2LMethod(Optimizer):
     def __init__(self, dim: int, seed: int = 0, weights: str | None = None,
                  start: list[float] | None = None, scale: float = 1.0) -> None:
         super().__init__(dim, seed)
-        self.net, _ = load_l2l(DEFAULT_WEIGHTS if weights is None else weights)
+        self.net, _ = load_l2l(weights)
         self.start = np.full(dim, 0.5) if start is None else np.asarray(start, dtype=float)
         if self.start.shape != (dim,) or not np.all((self.start >= 0) & (self.start <= 1)):
             raise ValueError(f"start must be a point of the unit cube of dimension {dim}")
