@@ -384,3 +384,30 @@ def test_a_budget_times_the_last_episodes_exploration_margin():
         study.tell(t, (t.params["a"] - 0.3) ** 2 + t.params["b"])
     study.ask()
     assert study._optimizer._gp.budget == 20 and study._record.options == {"budget": 20}
+
+
+def test_an_ask_runs_on_one_cpu_thread_and_restores_the_callers(monkeypatch):
+    """Small tensor ops run faster on one thread than handed between many; the caller's
+    torch thread setting is back after the ask, also when the ask fails."""
+    from bbopt.nets.screen import GPScreen
+
+    threads = []
+    score = GPScreen.log_ei
+    monkeypatch.setattr(GPScreen, "log_ei", lambda self, C, pending=None: threads.append(
+        torch.get_num_threads()) or score(self, C, pending))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        study = bbopt.Study({"x": bbopt.Float(0.0, 1.0), "y": bbopt.Float(0.0, 1.0)},
+                            method="learned", seed=0)
+        for _ in range(4):
+            trial = study.ask()
+            assert torch.get_num_threads() == 2
+            study.tell(trial, trial.params["x"] + trial.params["y"])
+        assert threads == [1, 1]
+        monkeypatch.setattr(GPScreen, "log_ei", lambda *a, **k: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            study.ask()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -49,6 +49,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,25 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 #: from d = 4 on) and ``local_candidates(SCREEN)`` perturbations of the incumbent
 #: (``bbopt.nets.screen``); 0 takes the policy's draw.
 SCREEN = 32
+
+@contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Run on one CPU thread, then restore the caller's setting (torch keeps it per
+    thread, so other threads are not affected). An ask is hundreds of small tensor ops
+    (a 100 x 100 Cholesky, a few hundred candidates): on one thread it took 2.4 to 2.7 ms
+    at 99 observations on a 2-core machine; with torch's default of a thread per core
+    the same asks took 6 ms in median and up to 119 ms (2026-12-03, d = 2 to 8), time
+    spent handing tiny ops between threads."""
+    n = torch.get_num_threads()
+    if device.type != "cpu" or n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
 
 _POLICIES: dict[tuple[str, int, str], tuple[Any, dict[str, Any]]] = {}
 _POLICIES_LOCK = threading.Lock()
@@ -157,6 +178,10 @@ class _PolicyOptimizer(Optimizer):
         return rs
 
     def propose(self, history: History, n: int) -> np.ndarray:
+        with _one_cpu_thread(self.device):
+            return self._propose(history, n)
+
+    def _propose(self, history: History, n: int) -> np.ndarray:
         d, dev = self.dim, self.device
         with torch.inference_mode():
             rs = self._state(history.X, history.y)
