@@ -566,7 +566,7 @@ def bench_serve(clients: str, seconds: float, method: str, studies: int, trials:
 @main.command("bench-gradient")
 @click.option("--families", default=None,
               help="Comma-separated optimizee families (default: all but the training-only "
-                   "cnn-synth and mlp-synth).")
+                   "cnn-synth and mlp-synth); a user's as file.py:function (see train l2l).")
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--problems", type=click.IntRange(min=1), default=8, show_default=True,
@@ -589,13 +589,15 @@ def bench_gradient(families: str | None, steps: int, seeds: int, problems: int, 
     """The learned gradient-input optimizers against SGD, Nesterov, RMSprop and Adam with
     tuned learning rates (and ISTA / FISTA on sparse regression)."""
     from bbopt.bench_gradient import BENCH_SEED, benchmark_gradient
-    from bbopt.tasks.optimizees import BENCH_FAMILIES, FAMILIES
+    from bbopt.tasks.optimizees import BENCH_FAMILIES, family_maker
 
     fams = ([f.strip() for f in families.split(",") if f.strip()] if families
             else list(BENCH_FAMILIES))
-    unknown = [f for f in fams if f not in FAMILIES]
-    if unknown:
-        raise click.UsageError(f"unknown families {unknown}; known: {', '.join(FAMILIES)}")
+    for f in fams:
+        try:
+            family_maker(f)
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
     from bbopt.optimizers.l2l import SHIPPED_WEIGHTS, weights_path
 
     for w in weights:
@@ -810,7 +812,10 @@ def train_bbo(run_dir: str, core: str, loss: str, iterations: int, horizon: int,
 @click.option("--batch", type=click.IntRange(min=1), default=None,
               help="Problems per episode [8].")
 @click.option("--families", default=None,
-              help="Comma-separated training families [quadratic,mlp-sigmoid].")
+              help="Comma-separated training families [quadratic,mlp-sigmoid]; a "
+                   "family of one's own as file.py:function or module:function, a "
+                   "function make(batch, generator, device) returning a "
+                   "bbopt.tasks.optimizees.Optimizee.")
 @click.option("--objective", type=click.Choice(["sum", "log"]), default=None,
               help="Meta-loss: sum of relative losses, or of their logs [log].")
 @click.option("--rate-weight", type=float, default=None,

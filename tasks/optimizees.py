@@ -40,7 +40,13 @@ TRAINING_ONLY = ("cnn-synth", "mlp-synth")
 
 
 class Optimizee:
-    """A batch of B problems over (B, P) parameters."""
+    """A batch of B problems over (B, P) parameters.
+
+    A family of one's own subclasses it (``name``, ``batch``, ``dim``, ``theta0`` and
+    ``loss``; ``full_loss`` too when ``loss`` is a minibatch's) and is named to
+    ``bbopt train l2l --families`` and ``bbopt bench-gradient --families`` by its
+    sampler, ``file.py:make`` with ``make(batch, generator, device)`` (``family_maker``).
+    """
 
     name: str
     batch: int
@@ -320,12 +326,49 @@ FAMILIES: dict[str, Callable[..., Optimizee]] = {
 BENCH_FAMILIES = tuple(f for f in FAMILIES if f not in TRAINING_ONLY)
 
 
+_USER_FAMILIES: dict[str, Callable[..., Optimizee]] = {}
+
+
+def family_maker(family: str) -> Callable[..., Optimizee]:
+    """The sampler ``make(batch, generator, device) -> Optimizee`` of ``family``: a name
+    of ``FAMILIES``, or ``path/to/file.py:name`` / ``package.module:name`` naming a
+    user's function of that signature (to meta-train a rule for one's own problems, as
+    the paper trains one per task family). Unknown names and functions that cannot be
+    loaded are ValueErrors."""
+    make = FAMILIES.get(family) or _USER_FAMILIES.get(family)
+    if make is not None:
+        return make
+    from bbopt.errors import BBOptError
+    from bbopt.objective import load_function
+
+    try:
+        fn = load_function(family) if ":" in family else None
+    except BBOptError as e:
+        raise ValueError(f"optimizee family {family!r}: {e}") from None
+    if fn is None:
+        raise ValueError(f"unknown optimizee family {family!r}; known: {', '.join(FAMILIES)}"
+                         ", or file.py:function / module:function naming a sampler")
+    _USER_FAMILIES[family] = fn
+    return fn
+
+
 def sample_optimizee(family: str, batch: int, generator: torch.Generator,
                      device: torch.device | str = "cpu") -> Optimizee:
-    """``batch`` fresh problems of ``family`` (one of ``FAMILIES``)."""
-    try:
-        make = FAMILIES[family]
-    except KeyError:
-        raise ValueError(f"unknown optimizee family {family!r}; known: "
-                         f"{', '.join(FAMILIES)}") from None
-    return make(batch, generator, device)
+    """``batch`` fresh problems of ``family`` (as ``family_maker`` reads it). What a
+    user's sampler returns is checked: an ``Optimizee`` with ``theta0`` of shape
+    (batch, P) and ``loss(theta0)`` of shape (batch,)."""
+    make = family_maker(family)
+    problem = make(batch, generator, device)
+    if family not in FAMILIES:
+        theta0 = getattr(problem, "theta0", None)
+        if not (isinstance(problem, Optimizee) and isinstance(theta0, torch.Tensor)
+                and theta0.ndim == 2 and theta0.shape[0] == batch):
+            raise ValueError(f"optimizee family {family!r}: make(batch, generator, device) "
+                             f"must return a bbopt.tasks.optimizees.Optimizee whose theta0 "
+                             f"is a (batch={batch}, P) tensor, got {type(problem).__name__}")
+        with torch.no_grad():
+            shape = tuple(torch.as_tensor(problem.loss(theta0)).shape)
+        if shape != (batch,):
+            raise ValueError(f"optimizee family {family!r}: loss(theta) must return one "
+                             f"value per problem, shape ({batch},), got {shape}")
+    return problem

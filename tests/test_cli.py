@@ -338,7 +338,7 @@ def test_train_l2l_and_bench_gradient_commands(tmp_path):
     share = summary["families"]["quadratic"]["lstm"]["100"]["beats_adam"]
     assert share in (0, 1 / 3, 2 / 3, 1)
     res = runner.invoke(main, ["bench-gradient", "--families", "resnet"])
-    assert res.exit_code != 0 and "unknown families" in res.output
+    assert res.exit_code != 0 and "unknown optimizee family 'resnet'" in res.output
     res = runner.invoke(main, ["bench-gradient", "--problem-seed", "-1"])
     assert res.exit_code != 0 and "--problem-seed" in res.output
     res = runner.invoke(main, ["bench-gradient", "--weights", "quadratc"])
@@ -349,6 +349,58 @@ def test_train_l2l_and_bench_gradient_commands(tmp_path):
                                "--weights", "quadratic"])
     assert res.exit_code == 0, res.output
     assert "| lstm:quadratic |" in res.output
+
+
+USER_FAMILY = """
+import torch
+from bbopt.tasks.optimizees import Optimizee
+
+
+class Diagonal(Optimizee):
+    def __init__(self, batch, generator):
+        self.name, self.batch, self.dim = "diagonal", batch, 5
+        self.h = 10 ** (2 * torch.rand(batch, 5, generator=generator))
+        self.theta0 = torch.randn(batch, 5, generator=generator)
+
+    def loss(self, theta):
+        return (self.h * theta.square()).sum(dim=1)
+
+
+def make(batch, generator, device):
+    return Diagonal(batch, generator)
+
+
+def not_a_problem(batch, generator, device):
+    return torch.zeros(batch, 5)
+"""
+
+
+def test_a_users_own_optimizee_family(tmp_path):
+    """train l2l and bench-gradient take a family of one's own as file.py:function."""
+    from bbopt.optimizers.l2l import load_l2l
+
+    fam = tmp_path / "myfam.py"
+    fam.write_text(USER_FAMILY)
+    runner = CliRunner()
+    run = tmp_path / "run"
+    res = runner.invoke(main, ["train", "l2l", "--out", str(run), "--iterations", "2",
+                               "--horizon", "10", "--unroll", "5", "--batch", "2",
+                               "--families", f"{fam}:make,quadratic", "--val-every", "1"])
+    assert res.exit_code == 0, res.output
+    assert load_l2l(run / "best.pt")[1]["families"] == [f"{fam}:make", "quadratic"]
+    res = runner.invoke(main, ["bench-gradient", "--families", f"{fam}:make", "--steps", "20",
+                               "--seeds", "1", "--problems", "2", "--out", str(tmp_path / "bg"),
+                               "--weights", str(run / "best.pt")])
+    assert res.exit_code == 0, res.output
+    assert f"**{fam}:make**" in res.output and "lstm / tuned adam" in res.output
+    for spec, message in [(f"{fam}:not_a_problem", "must return a bbopt.tasks.optimizees"),
+                          (f"{fam}:nothing", "has no function 'nothing'"),
+                          (f"{tmp_path / 'absent.py'}:make", "does not exist"),
+                          ("nosuchmodule:make", "unknown optimizee family")]:
+        res = runner.invoke(main, ["train", "l2l", "--out", str(tmp_path / "bad"),
+                                   "--families", spec, "--iterations", "1"])
+        assert res.exit_code != 0 and message in res.output, (spec, res.output)
+    assert not (tmp_path / "bad" / "last.pt").exists()
 
 
 def test_shell_gradient_mode(workdir):

@@ -26,10 +26,10 @@ from bbopt.meta.losses import L2L_OBJECTIVES, l2l_loss
 from bbopt.nets.l2l import L2LNet, detach_l2l_state
 from bbopt.optimizers.l2l import LSTMOptimizer, load_l2l, save_l2l
 from bbopt.tasks.optimizees import (
-    FAMILIES,
     TRAIN_FAMILIES,
     Optimizee,
     Rescaled,
+    family_maker,
     sample_optimizee,
 )
 
@@ -67,8 +67,7 @@ class L2LTrainConfig:
     def __post_init__(self) -> None:
         self.families = tuple(self.families)
         for fam in self.families:
-            if fam not in FAMILIES:
-                raise ValueError(f"unknown optimizee family {fam!r}; known: {', '.join(FAMILIES)}")
+            family_maker(fam)  # a known family or a user's sampler, else ValueError
         if not self.families:
             raise ValueError("families must name at least one optimizee family")
         if self.objective not in L2L_OBJECTIVES:
