@@ -71,6 +71,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 #: (``bbopt.nets.screen``); 0 takes the policy's draw.
 SCREEN = 32
 
+
 @contextmanager
 def _one_cpu_thread(device: torch.device) -> Iterator[None]:
     """Run on one CPU thread, then restore the caller's setting (torch keeps it per
