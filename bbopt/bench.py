@@ -9,8 +9,11 @@ Figures, per task: median and quartiles over seeds of log10 simple regret (best
 value so far minus the optimum; tasks with no known optimum use the best value any
 run found) at several budgets. A normalized score per task,
 ``100 * (1 - median regret / median regret of random search)``, 0 for random
-search and 100 for the optimum, is averaged over tasks. Ask latency is the time of
-``study.ask()`` when the study holds 10, 50 and 100 observations.
+search and 100 for the optimum, is averaged over tasks. Over groups of tasks that
+are samples of one family (``gp4``, ``gp4-1``, ... ``gp4-15``), the runs are also
+pooled: median and mean log10 regret at the budget, and runs lower / higher than
+gp-ei's on the same task and seed. Ask latency is the time of ``study.ask()`` when the
+study holds 10, 50 and 100 observations.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import time
 from collections.abc import Iterable, Sequence
@@ -35,6 +39,8 @@ import numpy as np
 #: new episode at their training horizon (100), so at 99 they pay for a full history.
 LATENCY_AT = (10, 50, 99, 100)
 REFERENCE = "random"
+#: Pooled figures are paired against this method when it ran.
+POOL_REFERENCE = "gp-ei"
 REGRET_FLOOR = 1e-12
 
 
@@ -149,8 +155,53 @@ def checkpoints(budget: int) -> list[int]:
     return sorted({b for b in (10, 25, 50, 100, 200, 500) if b < budget} | {budget})
 
 
+def task_group(task: str) -> str:
+    """The group a task is pooled in: its name without a trailing ``-<index>``
+    (``gp4-3`` -> ``gp4``, the 16 held-out 4-D samples of ``gp-prior-16``); other names
+    are their own group."""
+    return re.sub(r"-\d+$", "", task)
+
+
+def _pooled(results: Sequence[dict[str, Any]], optimum: dict[str, float],
+            methods: Sequence[str], budget: int) -> dict[str, Any]:
+    """Per group of two or more tasks (``task_group``): each method's median and mean
+    log10 regret at ``budget`` over all its runs on the group's tasks, the share of runs
+    below a regret of 0.1, and the runs lower / higher than ``POOL_REFERENCE``'s on the
+    same task and seed. One function per task and a few seeds give noisy per-task
+    medians; pooled over many functions of one family, the medians say more."""
+    groups: dict[str, list[str]] = {}
+    for t in optimum:
+        groups.setdefault(task_group(t), []).append(t)
+    out: dict[str, Any] = {}
+    for g, ts in groups.items():
+        if len(ts) < 2:
+            continue
+        logs: dict[str, dict[tuple[str, int], float]] = {}
+        for r in results:
+            if r["task"] in ts:
+                regret = max(r["best"][budget - 1] - optimum[r["task"]], REGRET_FLOOR)
+                logs.setdefault(r["method"], {})[(r["task"], r["seed"])] = math.log10(regret)
+        ref = logs.get(POOL_REFERENCE)
+        entry: dict[str, Any] = {"tasks": len(ts), "reference": POOL_REFERENCE if ref else None}
+        for m in methods:
+            if m not in logs:
+                continue
+            v = list(logs[m].values())
+            fig: dict[str, Any] = {"runs": len(v), "median": statistics.median(v),
+                                   "mean": statistics.fmean(v),
+                                   "below_-1": sum(x < -1 for x in v) / len(v)}
+            if ref is not None and m != POOL_REFERENCE:
+                pairs = [(x, ref[k]) for k, x in logs[m].items() if k in ref]
+                fig["lower"] = sum(x < y for x, y in pairs)
+                fig["higher"] = sum(x > y for x, y in pairs)
+            entry[m] = fig
+        out[g] = entry
+    return out
+
+
 def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Regret quartiles per task/method/budget, normalized scores and latencies."""
+    """Regret quartiles per task/method/budget, normalized scores, latencies, and
+    figures pooled over groups of tasks (``task_group``)."""
     from bbopt.tasks.base import get_task
 
     tasks = list(dict.fromkeys(r["task"] for r in results))
@@ -202,6 +253,7 @@ def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "score": score,
         "mean_score": mean_score,
         "latency": latency,
+        "pooled": _pooled(results, optimum, methods, budget),
     }
 
 
@@ -248,6 +300,32 @@ def to_markdown(summary: dict[str, Any], command: str) -> str:
             "|" + "---|" * len(summary["mean_score"]),
             "| " + " | ".join(f"{v:.1f}" for v in summary["mean_score"].values()) + " |",
         ]
+    pooled = summary.get("pooled") or {}
+    if pooled:
+        ref = next((p["reference"] for p in pooled.values() if p["reference"]), None)
+        pair = f"; runs lower / higher than {ref}'s on the same task and seed" if ref else ""
+        lines += [
+            "",
+            f"Pooled over the tasks of each group (all runs): median / mean log10 regret at "
+            f"{summary['budget']} evaluations, share of runs below -1{pair}:",
+            "",
+            "| group | tasks | " + " | ".join(methods) + " |",
+            "|---|---|" + "---|" * len(methods),
+        ]
+        for g, p in pooled.items():
+            best = min(p[m]["median"] for m in methods if m in p)
+            cells = []
+            for m in methods:
+                if m not in p:
+                    cells.append("")
+                    continue
+                f = p[m]
+                med = f"**{f['median']:.2f}**" if f["median"] == best else f"{f['median']:.2f}"
+                cell = f"{med} / {f['mean']:.2f}, {f['below_-1']:.2f}"
+                if "lower" in f:
+                    cell += f" ({f['lower']} / {f['higher']})"
+                cells.append(cell)
+            lines.append(f"| {g} | {p['tasks']} | " + " | ".join(cells) + " |")
     lat = summary["latency"]
     ks = [k for k in map(str, LATENCY_AT) if all(k in lat[m] for m in methods)]
     if ks:

@@ -89,3 +89,31 @@ def test_untold_runs_use_default_settings_and_cache_apart(monkeypatch):
     assert made[-1]["budget"] == 6
     # runs written before the flag existed were told
     assert bench.RunSpec.of({k: v for k, v in r.items() if k != "told"}) == told
+
+
+def test_pooled_figures_over_a_group_of_tasks(monkeypatch):
+    class T:
+        optimum = 0.0
+
+    monkeypatch.setattr("bbopt.tasks.base.get_task", lambda name: T())
+    # gp4 and gp4-1 form group gp4; branin is alone and is not pooled.
+    regrets = {("gp4", "gp-ei"): [1e-1, 1e-3], ("gp4-1", "gp-ei"): [1e-2, 1.0],
+               ("gp4", "learned"): [1e-4, 1e-2], ("gp4-1", "learned"): [1e-3, 1e-5],
+               ("branin", "gp-ei"): [1.0, 1.0], ("branin", "learned"): [1.0, 1.0]}
+    runs = [{"task": t, "method": m, "seed": s, "budget": 10, "best": [v] * 10,
+             "latency": {}}
+            for (t, m), vs in regrets.items() for s, v in enumerate(vs)]
+    s = bench.summarize(runs)
+    assert bench.task_group("gp4-15") == "gp4" and bench.task_group("hartmann3") == "hartmann3"
+    assert set(s["pooled"]) == {"gp4"}
+    p = s["pooled"]["gp4"]
+    assert p["tasks"] == 2 and p["reference"] == "gp-ei"
+    # learned's logs -4, -2, -3, -5; gp-ei's -1, -3, -2, 0 (paired in that order)
+    assert p["learned"]["median"] == pytest.approx(-3.5)
+    assert p["learned"]["mean"] == pytest.approx(-3.5)
+    assert p["gp-ei"]["median"] == pytest.approx(-1.5)
+    assert p["learned"]["below_-1"] == 1.0 and p["gp-ei"]["below_-1"] == 0.5  # -1 is not
+    assert (p["learned"]["lower"], p["learned"]["higher"]) == (3, 1)
+    assert "lower" not in p["gp-ei"]
+    text = bench.to_markdown(s, "bbopt bench --tasks gp4,gp4-1,branin")
+    assert "| gp4 | 2 | -1.50 / -1.50, 0.50 | **-3.50** / -3.50, 1.00 (3 / 1) |" in text
