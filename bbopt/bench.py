@@ -24,6 +24,7 @@ import os
 import platform
 import re
 import statistics
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -107,6 +108,24 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     }
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: end the worker when its parent is gone. A bench stopped by a
+    signal the pool does not see (``kill``, a lost terminal) would otherwise leave its
+    workers running queued runs on the cores for as long as the queue lasts."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def worker_pool(jobs: int) -> ProcessPoolExecutor:
+    """``jobs`` spawned worker processes (one core each) that end with their parent."""
+    return ProcessPoolExecutor(jobs, mp_context=get_context("spawn"),
+                               initializer=_exit_with_parent, initargs=(os.getpid(),))
+
+
 def run_all(
     specs: Sequence[RunSpec],
     out: Path,
@@ -139,7 +158,7 @@ def run_all(
                 for s in todo:
                     record(run_one(s))
             else:
-                with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+                with worker_pool(jobs) as pool:
                     for fut in as_completed([pool.submit(run_one, s) for s in todo]):
                         record(fut.result())
     return [done[s.key] for s in specs]

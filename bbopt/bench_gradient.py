@@ -21,9 +21,8 @@ import os
 import platform
 import statistics
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from datetime import UTC, datetime
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +181,9 @@ def benchmark_gradient(families: Sequence[str], seeds: int, problems: int, steps
                 keep(run_one(*r, problems, steps, problem_seed))
                 log(f"[{i + 1}/{len(todo)}] {r}")
         else:
-            with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+            from bbopt.bench import worker_pool
+
+            with worker_pool(jobs) as pool:
                 futs = {pool.submit(run_one, *r, problems, steps, problem_seed): r
                         for r in todo}
                 for i, fut in enumerate(as_completed(futs)):

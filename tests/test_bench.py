@@ -117,3 +117,40 @@ def test_pooled_figures_over_a_group_of_tasks(monkeypatch):
     assert "lower" not in p["gp-ei"]
     text = bench.to_markdown(s, "bbopt bench --tasks gp4,gp4-1,branin")
     assert "| gp4 | 2 | -1.50 / -1.50, 0.50 | **-3.50** / -3.50, 1.00 (3 / 1) |" in text
+
+
+def test_bench_workers_end_when_the_bench_is_killed():
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import os, sys, time\n"
+        "from bbopt.bench import worker_pool\n"
+        "if __name__ == '__main__':\n"
+        "    pool = worker_pool(1)\n"
+        "    print(pool.submit(os.getpid).result(), flush=True)\n"
+        "    pool.submit(time.sleep, 120)\n"
+        "    time.sleep(120)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(proc.stdout.readline())
+        os.kill(proc.pid, signal.SIGKILL)  # no handler runs: only the worker can notice
+        proc.wait(10)
+
+        def running() -> bool:
+            try:
+                with open(f"/proc/{worker}/stat") as f:
+                    return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+            except FileNotFoundError:
+                return False
+
+        deadline = time.monotonic() + 10
+        while running() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not running(), "the worker outlived its killed parent"
+    finally:
+        proc.kill()
