@@ -174,6 +174,12 @@ def checkpoints(budget: int) -> list[int]:
     return sorted({b for b in (10, 25, 50, 100, 200, 500) if b < budget} | {budget})
 
 
+def log10_regret(best: float, optimum: float) -> float:
+    """log10 of a run's simple regret, floored at ``REGRET_FLOOR`` (a run that reaches
+    the optimum, or passes a numerically found one)."""
+    return math.log10(max(best - optimum, REGRET_FLOOR))
+
+
 def task_group(task: str) -> str:
     """The group a task is pooled in: its name without a trailing ``-<index>``
     (``gp4-3`` -> ``gp4``, the 16 held-out 4-D samples of ``gp-prior-16``); other names
@@ -198,8 +204,8 @@ def _pooled(results: Sequence[dict[str, Any]], optimum: dict[str, float],
         logs: dict[str, dict[tuple[str, int], float]] = {}
         for r in results:
             if r["task"] in ts:
-                regret = max(r["best"][budget - 1] - optimum[r["task"]], REGRET_FLOOR)
-                logs.setdefault(r["method"], {})[(r["task"], r["seed"])] = math.log10(regret)
+                logs.setdefault(r["method"], {})[(r["task"], r["seed"])] = log10_regret(
+                    r["best"][budget - 1], optimum[r["task"]])
         ref = logs.get(POOL_REFERENCE)
         entry: dict[str, Any] = {"tasks": len(ts), "reference": POOL_REFERENCE if ref else None}
         for m in methods:
@@ -243,7 +249,7 @@ def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 continue
             regret[t][m] = {}
             for b in cps:
-                logs = [math.log10(max(r["best"][b - 1] - opt, REGRET_FLOOR)) for r in rs]
+                logs = [log10_regret(r["best"][b - 1], opt) for r in rs]
                 regret[t][m][str(b)] = list(_quartiles(logs))
             final[m] = statistics.median(max(r["best"][budget - 1] - opt, 0.0) for r in rs)
         if REFERENCE in final and final[REFERENCE] > 0:
