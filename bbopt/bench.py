@@ -36,8 +36,9 @@ from typing import Any
 
 import numpy as np
 
-#: Observations at which an ask is timed. 99 as well as 100: the learned methods start a
-#: new episode at their training horizon (100), so at 99 they pay for a full history.
+#: Observations at which an ask is timed. 99 as well as 100: until the learned methods
+#: went on past their training horizon (100) they restarted there, so the earlier tables
+#: of BENCHMARKS.md compare them at 99, where they paid for a full history.
 LATENCY_AT = (10, 50, 99, 100)
 REFERENCE = "random"
 #: Pooled figures are paired against this method when it ran.

@@ -273,23 +273,29 @@ def test_weights_are_small():
         assert p.stat().st_size < 20 * 2**20
 
 
-def test_each_training_horizon_starts_a_new_episode():
-    # Past the weights' horizon the policy restarts on the new episode's trials only: the
-    # first proposal of an episode is the study's quasi-random point, and the state after
-    # k trials of episode 2 is the state after the same k trials in a fresh study.
-    from bbopt.optimizers.random import sobol_points
+def test_past_the_horizon_episodes_carry_the_best_trials():
+    # The policy and the screen go on past the weights' horizon until they hold CARRY +
+    # horizon trials; each later episode (from the next multiple of the horizon) starts
+    # from the best CARRY earlier trials in the order they were made: its state is a fresh
+    # optimizer's state after those trials and the episode's own.
+    from bbopt.optimizers.learned import CARRY
 
     d, rng = 3, np.random.default_rng(0)
     opt = make_optimizer("learned", d, 5, {})
     T = opt.horizon
-    X, y = rng.random((T + 7, d)), rng.random(T + 7)
-    h = History(X[:T], y[:T], np.zeros((0, d)), np.zeros((0, d)))
-    assert np.allclose(opt.propose(h, 2), sobol_points(d, 5, T, 2))
-    h = History(X, y, np.zeros((0, d)), np.zeros((0, d)))
-    fresh = make_optimizer("learned", d, 5, {})
+    start = T * (CARRY // T + 1)
+    X, y = rng.random((start + 7, d)), rng.random(start + 7)
     with torch.inference_mode():
-        rs_a, rs_b = opt._state(X, y), fresh._state(X[T:], y[T:])
-    assert rs_a.n == 7 and torch.equal(rs_a.out, rs_b.out)
+        assert opt._state(X[:T + 7], y[:T + 7]).n == T + 7  # no restart at the horizon
+        assert opt._state(X[:start], y[:start]).n == CARRY
+        rs_a = opt._state(X, y)
+        assert opt._gp.n == rs_a.n == CARRY + 7
+        keep = np.sort(np.argsort(y[:start])[:CARRY])
+        fresh = make_optimizer("learned", d, 5, {})
+        rs_b = fresh._state(np.concatenate([X[keep], X[start:]]),
+                            np.concatenate([y[keep], y[start:]]))
+    assert torch.equal(rs_a.out, rs_b.out)
+    assert torch.equal(opt._gp.X, fresh._gp.X) and torch.equal(opt._gp.theta, fresh._gp.theta)
 
 
 def test_training_starts_from_given_weights_and_rejects_bad_settings(tmp_path):

@@ -10,27 +10,31 @@ order), it replays the history from the start.
   features), so one set of weights serves d = 1 .. 12 (the dimensions it was trained on)
   and above, with the same code; above 12 it runs unchanged and is tested to beat random
   search.
-* Any number of trials: the study runs as consecutive episodes of the training horizon
-  (``T = 100`` trials, from the weights' metadata). Each episode restarts the policy on its
-  own trials only, beginning with a quasi-random point, like the restarts of CMA-ES or
-  TuRBO: a policy trained on ``T``-step runs converges within ``T`` steps, and a restart
-  turns the remaining budget into fresh searches instead of ever smaller steps around one
-  basin. The study's best trial is the best over all episodes. Tested on 500-trial studies
-  against random search.
+* Any number of trials: the policy and the screen go on past the training horizon
+  (``T = 100`` trials, from the weights' metadata) over all of a study's trials, until
+  they hold ``CARRY + T`` (300) of them; from the next multiple of ``T`` on, each episode
+  of ``T`` trials starts from the best ``CARRY`` earlier trials (in the order they were
+  made, replayed through the policy and the screen: about 0.3 s, once per episode), which
+  bounds the screen's GP at ``CARRY + T`` points (asks of 5 to 10 ms at d = 8 between 200
+  and 300 trials, 2 to 3 ms at 100). Going on found lower values than restarting from
+  scratch every ``T`` trials, the earlier design, on fresh bowls and GP samples at 200 to
+  500 trials (BENCHMARKS.md, "Past the horizon: going on instead of restarting"), where
+  restarts threw away the best region and stalled on every function with one. Tested on
+  500-trial studies against random search.
 * GP screen (``screen``, default 32): each proposal is the pick, by expected improvement
   under the cheap GP of ``bbopt.nets.screen`` fitted to the episode's trials (ARD
   Matern-5/2; improvement counted from a margin below the best value that vanishes
-  over the first 60% of the episode when its length is known, 30 trials with
-  ``budget=50``, and over the first 20 trials when not), among
+  over the first 60% of the horizon, or of the budget when that is shorter, 30 trials
+  with ``budget=50``, and over the first 20 trials when neither is known), among
   ``screen`` draws from the policy, eight times as many uniform points (from d = 4 on,
   half of them the incumbent with only 1 to 4 of its coordinates redrawn) and 24
   perturbations of the incumbent at scales 1e-1 .. 1e-6, clipped to the cube (so optima
   on its faces are reached exactly); ``screen=0`` takes the policy's own draw.
   The GP's hyperparameters move by one marginal-likelihood step per new observation,
   like the policy's recurrent state.
-* ``budget`` (optional): the trials the study will run. Each episode's screen then
-  explores for 60% of the episode (the horizon, or what is left of the budget; past the
-  budget, as without one), which found lower values at 50 and 100 trials than the
+* ``budget`` (optional): the trials the study will run. The screen then explores for
+  60% of the first episode's horizon or of the budget when that is shorter (later
+  episodes open with ``CARRY`` trials, past any margin), which found lower values at 50 and 100 trials than the
   margin that ends at 20 trials without a budget (BENCHMARKS.md, "The margin follows
   the budget" and "Default settings: the margin without a budget"). The short margin is
   the default because a long one costs a study that stops early far more than a short
@@ -70,6 +74,11 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 #: from d = 4 on) and ``local_candidates(SCREEN)`` perturbations of the incumbent
 #: (``bbopt.nets.screen``); 0 takes the policy's draw.
 SCREEN = 32
+
+#: Past the training horizon the policy and the screen go on over the study's trials until
+#: they hold ``CARRY`` + horizon of them; each later episode of a horizon's trials starts
+#: from the best ``CARRY`` earlier trials, which bounds the screen's GP (``_episode``).
+CARRY = 200
 
 
 @contextmanager
@@ -147,13 +156,23 @@ class _PolicyOptimizer(Optimizer):
             return None
         return min(self.horizon, self.budget - start)
 
+    def _episode(self, y: np.ndarray) -> tuple[int, np.ndarray]:
+        """The current episode of a study whose completed trials have values ``y``: its
+        first trial, and the indices of the earlier trials carried into it (the best
+        ``CARRY``, in the order they were made). Episodes start at multiples of the
+        horizon past ``CARRY`` trials; until then the one episode holds every trial."""
+        start = self.horizon * (len(y) // self.horizon)
+        if start <= CARRY:
+            return 0, np.zeros(0, dtype=int)
+        return start, np.sort(np.argsort(y[:start], kind="stable")[:CARRY])
+
     def _state(self, X: np.ndarray, y: np.ndarray) -> Any:
-        """The policy's state after the current episode's trials (the completed trials
-        from the last multiple of the horizon on), reusing the cached prefix. The last
+        """The policy's state after the current episode's trials (``_episode``: the
+        carried trials, then the episode's own), reusing the cached prefix. The last
         observation's proposal may not be applied yet (``self._proposed``): the next
         proposal applies it, as it computes the same step size and gate."""
-        start = self.horizon * (len(y) // self.horizon)
-        X, y = X[start:], y[start:]
+        start, keep = self._episode(y)
+        X, y = np.concatenate([X[keep], X[start:]]), np.concatenate([y[keep], y[start:]])
         m = len(self._y)
         if (self._rs is None or m > len(y) or not np.array_equal(self._X, X[:m])
                 or not np.array_equal(self._y, y[:m])):
