@@ -354,8 +354,8 @@ def test_a_screened_ask_scores_policy_draws_uniform_points_and_perturbations(mon
     from bbopt.nets.screen import GPScreen
 
     seen = []
-    score = GPScreen.log_ei
-    monkeypatch.setattr(GPScreen, "log_ei", lambda self, C, pending=None: seen.append(C)
+    score = GPScreen.score
+    monkeypatch.setattr(GPScreen, "score", lambda self, C, pending=None: seen.append(C)
                         or score(self, C, pending))
     space = bbopt.Space({f"x{i}": bbopt.Float(0.0, 1.0) for i in range(5)})
     study = bbopt.Study(space, method="learned", seed=3)
@@ -382,6 +382,15 @@ def test_a_budget_times_the_last_episodes_exploration_margin():
     opt = make_optimizer("learned", 3, 0, {"budget": 250})
     assert [opt._episode_budget(s) for s in (0, 100, 200, 300)] == [100, 100, 50, None]
     assert make_optimizer("learned", 3, 0, {})._episode_budget(0) is None
+    # The screen refines over the last 20 trials before the budget (a fifth of the
+    # horizon; of a 50-trial budget, the last 10), counted in its observations of the
+    # episode (carried trials first); never without a budget or past it.
+    assert opt._refine_after(0, 0) == 230 and opt._refine_after(200, 0) == 30
+    assert make_optimizer("learned", 3, 0, {"budget": 50})._refine_after(0, 0) == 40
+    assert make_optimizer("learned", 3, 0, {"budget": 450})._refine_after(400, 200) == 230
+    assert opt._refine_after(300, 200) is None
+    assert make_optimizer("learned", 3, 0, {})._refine_after(0, 0) is None
+    assert make_optimizer("learned", 2, 0, {"budget": 100})._refine_after(0, 0) is None
     # The screen of a study with a budget of 20 runs for 20 trials (its margin ends at
     # 12), and the option is stored with the study.
     study = bbopt.Study({"a": bbopt.Float(0, 1), "b": bbopt.Float(0, 1)}, seed=3, budget=20)
@@ -398,8 +407,8 @@ def test_an_ask_runs_on_one_cpu_thread_and_restores_the_callers(monkeypatch):
     from bbopt.nets.screen import GPScreen
 
     threads = []
-    score = GPScreen.log_ei
-    monkeypatch.setattr(GPScreen, "log_ei", lambda self, C, pending=None: threads.append(
+    score = GPScreen.score
+    monkeypatch.setattr(GPScreen, "score", lambda self, C, pending=None: threads.append(
         torch.get_num_threads()) or score(self, C, pending))
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -411,7 +420,7 @@ def test_an_ask_runs_on_one_cpu_thread_and_restores_the_callers(monkeypatch):
             assert torch.get_num_threads() == 2
             study.tell(trial, trial.params["x"] + trial.params["y"])
         assert threads == [1, 1]
-        monkeypatch.setattr(GPScreen, "log_ei", lambda *a, **k: 1 / 0)
+        monkeypatch.setattr(GPScreen, "score", lambda *a, **k: 1 / 0)
         with pytest.raises(ZeroDivisionError):
             study.ask()
         assert torch.get_num_threads() == 2

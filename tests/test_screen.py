@@ -13,7 +13,9 @@ from bbopt.nets.policy import BBOPolicy, rollout
 from bbopt.nets.screen import (
     JITTER,
     LENGTHSCALE_PRIOR,
+    REFINE_KAPPA,
     GPScreen,
+    _distance,
     exploration_margin,
     log_ei,
     screen,
@@ -69,7 +71,7 @@ def test_screen_matches_a_hand_written_gp_at_its_hyperparameters():
         Y = np.sin(6 * X).sum(1) + 0.3 * X[:, 0]
         C = rng.random((20, d))
         gp = _observed(torch.tensor(X)[None], torch.tensor(Y)[None])
-        got = gp.log_ei(torch.tensor(C)[None])[0]
+        got = gp.score(torch.tensor(C)[None])[0]
         theta = gp._fit[0][0].numpy()  # the hyperparameters that score candidates
         want = _reference(X, Y, C, np.exp(theta[:d]), math.exp(theta[d]))
         assert np.allclose(got.numpy(), want, rtol=1e-6, atol=1e-6)
@@ -145,7 +147,7 @@ def test_the_exploration_margin_favours_new_regions_early_and_vanishes_later(mon
     short = GPScreen(1, 1, budget=10)
     for i in range(10):
         short.add(X[:, i], Y[:, i])
-    assert torch.allclose(short.log_ei(C)[0], without)
+    assert torch.allclose(short.score(C)[0], without)
 
 
 def test_pending_points_lower_the_ei_next_to_them():
@@ -204,7 +206,7 @@ def test_subspace_candidates_redraw_a_few_of_the_incumbents_coordinates():
         rs = policy.observe(rs, x, fn(x))
         gp.add(x, fn(x))
     seen = []
-    gp.log_ei = lambda C, pending=None: seen.append(C) or torch.zeros(C.shape[:2])
+    gp.score = lambda C, pending=None: seen.append(C) or torch.zeros(C.shape[:2])
     u, z, uniform = (torch.rand(2, k, d, generator=g), torch.randn(2, k, d, generator=g),
                      torch.rand(2, k, d, generator=g))
     sub = torch.rand(2, subspace_candidates(k, d), d, generator=g)
@@ -238,10 +240,31 @@ def test_steps_skipped_on_the_cpu_would_change_nothing(monkeypatch):
     far = torch.rand(2, 20, 3, generator=g, dtype=torch.float64)  # no repeats among them
 
     def scores():
-        return [gp.log_ei(C), gp.log_ei(far), log_ei(us), log_ei(us[2:])]
+        return [gp.score(C), gp.score(far), log_ei(us), log_ei(us[2:])]
 
     skipped = scores()
     monkeypatch.setattr(screen_module, "_may_hold", lambda mask: True)
     for a, b in zip(skipped, scores(), strict=True):
         assert torch.equal(a, b)
     assert (skipped[0][:, :2] == -math.inf).all() and torch.isfinite(skipped[0][:, 2:]).all()
+
+
+def test_the_refining_phase_scores_by_the_lower_confidence_bound():
+    for bad in (-1, "5", [3]):
+        with pytest.raises(ValueError, match="refine_after"):
+            GPScreen(1, 2, refine_after=bad)
+    g = torch.Generator().manual_seed(4)
+    X = torch.rand(1, 12, 3, generator=g, dtype=torch.float64)
+    Y = (X - 0.4).square().sum(-1)
+    C = torch.rand(1, 50, 3, generator=g, dtype=torch.float64)
+    plain, early, late = GPScreen(1, 3), GPScreen(1, 3, refine_after=13), GPScreen(
+        1, 3, refine_after=12)
+    for gp in (plain, early, late):
+        for i in range(12):
+            gp.add(X[:, i], Y[:, i])
+    assert torch.equal(early.score(C), plain.score(C))  # EI until refine_after
+    _, inv_ls2, L, alpha, _ = late._fit
+    mean, std = late._posterior(L, alpha, _distance(late.X, C, inv_ls2))
+    assert torch.allclose(late.score(C), REFINE_KAPPA * std - mean)
+    # Repeats of a queried point still score -inf.
+    assert late.score(X[:, :2])[0].isinf().all()

@@ -259,7 +259,7 @@ class BBOPolicy(nn.Module):
         cands = torch.cat(cands, dim=1)
         if snap is not None:
             cands = snap(cands)
-        pick = gp.log_ei(cands, pending).argmax(dim=1)
+        pick = gp.score(cands, pending).argmax(dim=1)
         return cands[torch.arange(rs.batch, device=x.device), pick], rs
 
 

@@ -68,6 +68,18 @@ LOCAL_SCALES = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 EXPLORE_MARGIN = 1.0
 EXPLORE_FRACTION = 0.6
 EXPLORE_UNTIL_UNKNOWN = 20.0
+#: The refining phase: over the last ``REFINE_FRACTION`` of a run whose end is known,
+#: candidates are scored by the lower confidence bound ``mean - REFINE_KAPPA * std``
+#: instead of EI (``GPScreen(refine_after=...)``; the optimizer sets it from the study's
+#: budget, ``bbopt.optimizers.learned``). Late in a run, EI over the whole cube still
+#: pays for the uncertainty far from the data (in 8 dimensions most late picks were
+#: uniform points), while runs end well above the bottom of the basin they found; the
+#: bound goes down that basin. Chosen on fresh GP samples (BENCHMARKS.md, "A refining
+#: phase"): kappa 1 against 0 (the mean alone) and 2, the last 20% against 30%; from
+#: d = 3 on (in 2 dimensions EI already refines to 1e-8 and the bound did not help).
+REFINE_FRACTION = 0.2
+REFINE_KAPPA = 1.0
+REFINE_MIN_DIM = 3
 #: Candidates this close (max-norm) to a queried point count as repeats of it.
 REPEAT_TOL = 1e-9
 _SQRT5 = math.sqrt(5.0)
@@ -109,12 +121,16 @@ def exploration_margin(n: int, budget: int | None = None) -> float:
 
 class GPScreen:
     """The screen's GP for ``batch`` runs in ``dim`` dimensions, updated one observation
-    at a time (``add``); ``log_ei`` scores candidates. ``budget``: the queries the runs
+    at a time (``add``); ``score`` scores candidates. ``budget``: the queries the runs
     will make (``None``: not known), which times the exploration margin."""
 
     def __init__(self, batch: int, dim: int, device: torch.device | str | None = None,
-                 budget: int | None = None) -> None:
+                 budget: int | None = None, refine_after: float | None = None) -> None:
         explore_until(budget)  # validates
+        if refine_after is not None and not (isinstance(refine_after, (int, float))
+                                             and refine_after >= 0):
+            raise ValueError(f"refine_after must be a number >= 0 or None, got {refine_after!r}")
+        self.refine_after = refine_after
         self.opts: dict = {"dtype": torch.float64, "device": device}
         self.batch, self.dim, self.budget = batch, dim, budget
         self.n = 0
@@ -226,11 +242,13 @@ class GPScreen:
         q = torch.linalg.solve_triangular(L, k, upper=False)
         return mean, (1.0 - q.square().sum(1)).clamp_min(1e-12).sqrt()
 
-    def log_ei(self, C: torch.Tensor, pending: torch.Tensor | None = None) -> torch.Tensor:
-        """Log expected improvement (B, K) of candidates ``C`` (B, K, d), with ``pending``
-        (B, p, d) points as believers; needs two observations or more. Improvement
-        counts from ``exploration_margin(n, budget)`` below the best value. A candidate
-        within ``REPEAT_TOL`` of a queried point in every coordinate scores -inf."""
+    def score(self, C: torch.Tensor, pending: torch.Tensor | None = None) -> torch.Tensor:
+        """The screen's score (B, K) of candidates ``C`` (B, K, d), higher is better, with
+        ``pending`` (B, p, d) points as believers; needs two observations or more: log
+        expected improvement, counted from ``exploration_margin(n, budget)`` below the
+        best value, and from ``refine_after`` observations on the negated lower confidence
+        bound ``REFINE_KAPPA * std - mean``. A candidate within ``REPEAT_TOL`` of a queried
+        point in every coordinate scores -inf."""
         if C.dim() != 3 or C.shape[0] != self.batch or C.shape[2] != self.dim:
             raise ValueError(f"candidates of shape {tuple(C.shape)} do not fit "
                              f"({self.batch}, K, {self.dim})")
@@ -247,7 +265,10 @@ class GPScreen:
         C = C.detach().to(**self.opts)
         r = _distance(X, C, inv_ls2)  # (B, n, K)
         mean, std = self._posterior(L, alpha, r)
-        score = torch.log(std) + log_ei((best - mean) / std)
+        if self.refine_after is not None and self.n >= self.refine_after:
+            score = REFINE_KAPPA * std - mean  # the lower confidence bound, negated
+        else:
+            score = torch.log(std) + log_ei((best - mean) / std)
         # A candidate at a point already queried (observed or pending) would repeat that
         # query: clipped candidates land on the same face or corner again and again. Only
         # pairs within the scaled distance that REPEAT_TOL in every coordinate allows
@@ -305,4 +326,4 @@ def screen(X: torch.Tensor, Y: torch.Tensor, C: torch.Tensor,
     gp = GPScreen(X.shape[0], X.shape[2], X.device)
     for i in range(X.shape[1]):
         gp.add(X[:, i], Y[:, i])
-    return gp.log_ei(C, pending)
+    return gp.score(C, pending)

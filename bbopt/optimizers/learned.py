@@ -31,12 +31,16 @@ order), it replays the history from the start.
   perturbations of the incumbent at scales 1e-1 .. 1e-6, clipped to the cube (so optima
   on its faces are reached exactly); ``screen=0`` takes the policy's own draw.
   The GP's hyperparameters move by one marginal-likelihood step per new observation,
-  like the policy's recurrent state.
+  like the policy's recurrent state. With a budget, the last 20 trials before it (a
+  fifth of the horizon, or of a shorter budget) refine: the screen picks by the GP's
+  lower confidence bound instead of EI, going down the basin found (from d = 3 on;
+  ``bbopt.nets.screen.REFINE_FRACTION``).
 * ``budget`` (optional): the trials the study will run. The screen then explores for
   60% of the first episode's horizon or of the budget when that is shorter (later
-  episodes open with ``CARRY`` trials, past any margin), which found lower values at 50 and 100 trials than the
-  margin that ends at 20 trials without a budget (BENCHMARKS.md, "The margin follows
-  the budget" and "Default settings: the margin without a budget"). The short margin is
+  episodes open with ``CARRY`` trials, past any margin), which found lower values at 50
+  and 100 trials than the margin that ends at 20 trials without a budget (BENCHMARKS.md,
+  "The margin follows the budget" and "Default settings: the margin without a budget"),
+  and refines over its last 20 trials (above). The short margin is
   the default because a long one costs a study that stops early far more than a short
   one costs a long study. ``bbopt tune``, ``bbopt bench`` and ``BBOptSearch`` (from
   Tune's ``num_samples``) pass it.
@@ -62,7 +66,7 @@ import numpy as np
 import torch
 
 from bbopt.nets.policy import local_candidates, subspace_candidates, uniform_candidates
-from bbopt.nets.screen import GPScreen, explore_until
+from bbopt.nets.screen import REFINE_FRACTION, REFINE_MIN_DIM, GPScreen, explore_until
 from bbopt.optimizers.base import History, Optimizer, register
 from bbopt.optimizers.random import sobol_points
 
@@ -156,6 +160,17 @@ class _PolicyOptimizer(Optimizer):
             return None
         return min(self.horizon, self.budget - start)
 
+    def _refine_after(self, start: int, carried: int) -> float | None:
+        """Observations after which the screen of the episode that starts at trial
+        ``start`` with ``carried`` earlier trials refines (``GPScreen``'s
+        ``refine_after``): over the study's last ``REFINE_FRACTION`` of the horizon, or of
+        the budget when that is less, before the budget; ``None`` without a budget,
+        past it, or below ``REFINE_MIN_DIM`` dimensions."""
+        if self.budget is None or self.budget <= start or self.dim < REFINE_MIN_DIM:
+            return None
+        at = self.budget - REFINE_FRACTION * min(self.horizon, self.budget)
+        return carried + max(at - start, 0.0)
+
     def _episode(self, y: np.ndarray) -> tuple[int, np.ndarray]:
         """The current episode of a study whose completed trials have values ``y``: its
         first trial, and the indices of the earlier trials carried into it (the best
@@ -178,7 +193,8 @@ class _PolicyOptimizer(Optimizer):
                 or not np.array_equal(self._y, y[:m])):
             self._rs, m = self.policy.init(1, self.dim, self.device), 0
             self._proposed = True
-            self._gp = (GPScreen(1, self.dim, self.device, self._episode_budget(start))
+            self._gp = (GPScreen(1, self.dim, self.device, self._episode_budget(start),
+                                 self._refine_after(start, len(keep)))
                         if self.screen else None)
         rs = self._rs
         if m < len(y):
