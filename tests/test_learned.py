@@ -234,6 +234,21 @@ def test_ask_n_gives_distinct_pending_proposals(method, dim):
     assert all(t.state is bbopt.TrialState.PENDING for t in batch + more)
 
 
+def test_parallel_asks_in_the_refining_phase_are_distinct():
+    # Told a budget of 20, a 3-D study refines from trial 16: a batch asked there (and
+    # one more ask while it is pending) still spreads out, from fresh candidates for
+    # each proposal scored with the pending ones as believers.
+    space = bbopt.Space({f"x{i}": bbopt.Float(0, 1) for i in range(3)})
+    study = bbopt.Study(space, seed=1, budget=20)
+    for _ in range(16):
+        t = study.ask()
+        study.tell(t, sum((v - 0.3) ** 2 for v in t.params.values()))
+    batch = study.ask(4) + study.ask(2)
+    P = np.array([list(t.params.values()) for t in batch])
+    gaps = np.sqrt(((P[:, None] - P[None]) ** 2).sum(-1)) + np.eye(6)
+    assert gaps.min() > 5e-3  # not the same spot at the local candidates' small scales
+
+
 def test_mixed_space_and_default_method():
     space = bbopt.Space({
         "lr": bbopt.Float(1e-5, 1e-1, log=True),
