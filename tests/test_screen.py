@@ -250,7 +250,7 @@ def test_steps_skipped_on_the_cpu_would_change_nothing(monkeypatch):
 
 
 def test_the_refining_phase_scores_by_the_lower_confidence_bound():
-    for bad in (-1, "5", [3]):
+    for bad in (-1, "5", [3], True):
         with pytest.raises(ValueError, match="refine_after"):
             GPScreen(1, 2, refine_after=bad)
     g = torch.Generator().manual_seed(4)

@@ -127,8 +127,8 @@ class GPScreen:
     def __init__(self, batch: int, dim: int, device: torch.device | str | None = None,
                  budget: int | None = None, refine_after: float | None = None) -> None:
         explore_until(budget)  # validates
-        if refine_after is not None and not (isinstance(refine_after, (int, float))
-                                             and refine_after >= 0):
+        if refine_after is not None and (isinstance(refine_after, bool) or not (
+                isinstance(refine_after, (int, float)) and refine_after >= 0)):
             raise ValueError(f"refine_after must be a number >= 0 or None, got {refine_after!r}")
         self.refine_after = refine_after
         self.opts: dict = {"dtype": torch.float64, "device": device}
