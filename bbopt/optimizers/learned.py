@@ -153,9 +153,10 @@ class _PolicyOptimizer(Optimizer):
         self._gp: GPScreen | None = None
 
     def _episode_budget(self, start: int) -> int | None:
-        """Trials of the episode that starts at trial ``start``, for its screen: the
-        horizon, or what is left of the budget when that is less; ``None`` (not known)
-        without a budget or past it."""
+        """The run length that times the exploration margin of the screen of the
+        episode that starts at trial ``start`` (``GPScreen``'s ``budget``): the horizon,
+        or what is left of the budget when that is less, though the first episode goes on
+        past it (``_episode``); ``None`` (not known) without a budget or past it."""
         if self.budget is None or self.budget <= start:
             return None
         return min(self.horizon, self.budget - start)
