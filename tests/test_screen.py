@@ -17,6 +17,7 @@ from bbopt.nets.screen import (
     GPScreen,
     _distance,
     exploration_margin,
+    interleaves,
     log_ei,
     screen,
 )
@@ -268,3 +269,25 @@ def test_the_refining_phase_scores_by_the_lower_confidence_bound():
     assert torch.allclose(late.score(C), REFINE_KAPPA * std - mean)
     # Repeats of a queried point still score -inf.
     assert late.score(X[:, :2])[0].isinf().all()
+
+
+def test_interleaved_refinement_from_eight_dimensions():
+    # Every other observation count from 40, or from the margin's end when later.
+    assert interleaves(40, 8) and interleaves(42, 8) and interleaves(500, 20)
+    assert not interleaves(41, 8) and not interleaves(38, 8) and not interleaves(40, 7)
+    assert not interleaves(50, 8, budget=100) and interleaves(60, 8, budget=100)
+    assert interleaves(40, 8, budget=50) and not interleaves(38, 8, budget=50)
+    g = torch.Generator().manual_seed(5)
+    X = torch.rand(1, 41, 8, generator=g, dtype=torch.float64)
+    Y = (X - 0.4).square().sum(-1)
+    C = torch.rand(1, 50, 8, generator=g, dtype=torch.float64)
+    gp = GPScreen(1, 8)
+    for i in range(41):
+        gp.add(X[:, i], Y[:, i])
+        if i + 1 in (40, 41):
+            _, inv_ls2, L, alpha, Ys = gp._fit
+            mean, std = gp._posterior(L, alpha, _distance(gp.X, C, inv_ls2))
+            lcb = REFINE_KAPPA * std - mean
+            ei = torch.log(std) + log_ei((Ys.min(1).values[:, None] - mean) / std)
+            assert torch.allclose(gp.score(C), lcb if i + 1 == 40 else ei)
+            assert not torch.allclose(lcb, ei)
