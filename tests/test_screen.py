@@ -272,9 +272,10 @@ def test_the_refining_phase_scores_by_the_lower_confidence_bound():
 
 
 def test_interleaved_refinement_from_eight_dimensions():
-    # Every other observation count from 40, or from the margin's end when later.
-    assert interleaves(40, 8) and interleaves(42, 8) and interleaves(500, 20)
+    # Every other observation count from 40, or from the margin's end when later, to 100.
+    assert interleaves(40, 8) and interleaves(42, 8) and interleaves(98, 20)
     assert not interleaves(41, 8) and not interleaves(38, 8) and not interleaves(40, 7)
+    assert not interleaves(100, 8) and not interleaves(500, 20)  # exploring again
     assert not interleaves(50, 8, budget=100) and interleaves(60, 8, budget=100)
     assert interleaves(40, 8, budget=50) and not interleaves(38, 8, budget=50)
     g = torch.Generator().manual_seed(5)

@@ -15,8 +15,8 @@ Bayesian optimization's cost. The GP is kept cheap:
 * EI evaluated only at the candidates (no acquisition optimization), measured from a
   margin below the best value that shrinks to zero over the first 60% of the run's queries,
   or its first 20 when their number is not known (``exploration_margin``): explore
-  first, refine after; from 8 dimensions on, every other pick after 40 observations is
-  made by the lower confidence bound instead (``interleaves``).
+  first, refine after; from 8 dimensions on, every other pick from 40 to 100
+  observations is made by the lower confidence bound instead (``interleaves``).
 
 Everything is batched over runs. The state after ``n`` observations depends only on them
 and their order, not on when it was asked, so a replayed history gives the same screen.
@@ -82,18 +82,23 @@ REFINE_FRACTION = 0.2
 REFINE_KAPPA = 1.0
 REFINE_MIN_DIM = 3
 #: Interleaved refinement: from ``INTERLEAVE_MIN_DIM`` dimensions on, once the
-#: exploration margin has closed and the run holds ``INTERLEAVE_AFTER`` observations
-#: (``interleaves``), every other candidate is picked by the refining phase's lower
-#: confidence bound, whether or not the run's end is known. In 8 to 16 dimensions a run
-#: of 100 queries rarely finds the global basin (on fresh GP samples, under 10% of runs
-#: end below 1e-1), and EI's late picks go on paying for the uncertainty far from the
-#: data; half the picks going down the basin found lowered the regret at 100 queries in
-#: most runs (default settings: d = 8 153 / 36 and 142 / 49 runs lower / higher on two
-#: sets of functions, d = 12 159 / 33, d = 16 70 / 26; told a budget of 100, d = 8
-#: 121 / 64), where in 3 to 6 dimensions it cost global basins and the median
+#: exploration margin has closed and the run holds ``INTERLEAVE_AFTER`` observations,
+#: and until it holds ``INTERLEAVE_UNTIL`` (``interleaves``), every other candidate is
+#: picked by the refining phase's lower confidence bound, whether or not the run's end is
+#: known. In 8 to 16 dimensions a run of 100 queries rarely finds the global basin (on
+#: fresh GP samples, under 10% of runs end below 1e-1), and EI's late picks go on paying
+#: for the uncertainty far from the data; half the picks going down the basin found
+#: lowered the regret at 100 queries in most runs (default settings: d = 8 153 / 36 and
+#: 142 / 49 runs lower / higher on two sets of functions, d = 12 159 / 33, d = 16 70 / 26;
+#: told a budget of 100, d = 8 121 / 64), where in 3 to 6 dimensions it cost global basins
+#: and the median. It still costs some runs the global basin, which a longer run would
+#: have found: going on past 100 queries it left d = 8 runs of 250 higher in median
+#: (0.089 against -0.011), so it stops at 100, the run length it was chosen on and the
+#: policy's training horizon, and exploration takes over again (level at 250: -0.020)
 #: (BENCHMARKS.md, "Interleaved refinement in 8 dimensions and more").
 INTERLEAVE_MIN_DIM = 8
 INTERLEAVE_AFTER = 40
+INTERLEAVE_UNTIL = 100
 #: Candidates this close (max-norm) to a queried point count as repeats of it.
 REPEAT_TOL = 1e-9
 _SQRT5 = math.sqrt(5.0)
@@ -130,9 +135,10 @@ def interleaves(n: int, dim: int, budget: int | None = None) -> bool:
     """Whether the screen picks the ``n + 1``-th query of a run of ``budget`` queries
     (``None``: not known) in ``dim`` dimensions by the lower confidence bound, as an
     interleaved refining step (``INTERLEAVE_MIN_DIM``): on every other observation count
-    from ``INTERLEAVE_AFTER`` or the margin's end (``explore_until``), whichever is later."""
+    from ``INTERLEAVE_AFTER`` or the margin's end (``explore_until``), whichever is later,
+    until ``INTERLEAVE_UNTIL``."""
     return (dim >= INTERLEAVE_MIN_DIM and n % 2 == 0
-            and n >= max(INTERLEAVE_AFTER, explore_until(budget)))
+            and max(INTERLEAVE_AFTER, explore_until(budget)) <= n < INTERLEAVE_UNTIL)
 
 
 def exploration_margin(n: int, budget: int | None = None) -> float:

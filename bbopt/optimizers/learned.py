@@ -35,9 +35,9 @@ order), it replays the history from the start.
   fifth of the horizon, or of a shorter budget) refine: the screen picks by the GP's
   lower confidence bound instead of EI, going down the basin found (from d = 3 on;
   ``bbopt.nets.screen.REFINE_FRACTION``). From d = 8 on, with or without a budget,
-  every other pick after the margin has closed and 40 trials are in is made that way
-  too (``bbopt.nets.screen.interleaves``): there runs of a hundred trials rarely find
-  the global basin, and going down the one found paid more than exploring on.
+  every other pick from 40 trials (or the margin's end) to 100 is made that way too
+  (``bbopt.nets.screen.interleaves``): there runs of a hundred trials rarely find the
+  global basin, and going down the one found paid more than exploring on.
 * ``budget`` (optional): the trials the study will run. The screen then explores for
   60% of the first episode's horizon or of the budget when that is shorter (later
   episodes open with ``CARRY`` trials, past any margin), which found lower values at 50
