@@ -79,7 +79,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     task = get_task(spec.task)
     options = budget_options(spec.method, spec.budget) if spec.told else {}
     study = Study(task.space, method=spec.method, seed=spec.seed, **options)
-    best, curve, latency = math.inf, [], {}
+    best, curve, latency, failed = math.inf, [], {}, 0
     start = time.perf_counter()
     for i in range(spec.budget + 1):
         t0 = time.perf_counter()
@@ -92,6 +92,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
             value = task(trial.params)
         except Exception:  # noqa: BLE001 - a failed evaluation is part of the benchmark
             study.tell(trial, failed=True)
+            failed += 1
             curve.append(best)
             continue
         study.tell(trial, value)
@@ -105,6 +106,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
         "told": spec.told,
         "best": curve,
         "latency": latency,
+        "failed": failed,
         "seconds": time.perf_counter() - start,
     }
 
@@ -260,6 +262,11 @@ def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         for m in methods
         if any(m in score[t] for t in score)
     }
+    # Failed evaluations per run (runs recorded before they were counted have none).
+    failed = {t: {m: statistics.median(r.get("failed", 0) for r in results
+                                       if r["task"] == t and r["method"] == m)
+                  for m in methods if any(r["task"] == t and r["method"] == m for r in results)}
+              for t in tasks}
     latency = {
         m: {
             k: statistics.median(r["latency"][k] for r in results if r["method"] == m)
@@ -279,6 +286,7 @@ def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "score": score,
         "mean_score": mean_score,
         "latency": latency,
+        "failed": failed,
         "pooled": _pooled(results, optimum, methods, budget),
     }
 
@@ -352,6 +360,19 @@ def to_markdown(summary: dict[str, Any], command: str) -> str:
                     cell += f" ({f['lower']} / {f['higher']})"
                 cells.append(cell)
             lines.append(f"| {g} | {p['tasks']} | " + " | ".join(cells) + " |")
+    failed = summary.get("failed") or {}
+    if any(v for per in failed.values() for v in per.values()):
+        lines += [
+            "",
+            "Failed evaluations per run, median over seeds (each one counts against the "
+            "budget):",
+            "",
+            "| task | " + " | ".join(methods) + " |",
+            "|---|" + "---|" * len(methods),
+        ]
+        for t, per in failed.items():
+            lines.append(f"| {t} | " + " | ".join(
+                f"{per[m]:g}" if m in per else "" for m in methods) + " |")
     lat = summary["latency"]
     ks = [k for k in map(str, LATENCY_AT) if all(k in lat[m] for m in methods)]
     if ks:

@@ -11,10 +11,25 @@ with ``--no-tell-budget`` as a user with default settings runs them):
 * ``illcond10``: a rotated quadratic with condition number 10^4;
 * ``sphere20``: a shifted sphere in 20 dimensions, above the 12 the policies were
   trained for.
+
+The ``failures`` suite holds problems whose evaluations fail (raise) in places, as
+hyperparameter tuning's do (a learning rate that diverges, a model that does not fit
+in memory); ``bbopt bench`` records a raising evaluation as a failed trial, as a user
+would, and counts each one against the budget:
+
+* ``fail_bowl5``: a rotated ellipsoid in 5 dimensions whose evaluation fails on a
+  half-space 0.1 (of a side of 2) from its minimum;
+* ``fail_mixed6``: ``mixed6``'s value, failing for learning rates above 3e-3, more
+  than 9 layers, and SGD with more than 6 layers;
+* ``flaky_sphere4``: a shifted sphere in 4 dimensions whose evaluations fail at one
+  point in five, at random (a hash of the params), with no region to avoid.
+
+None of them was run while the handling of failed trials was chosen.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
@@ -61,6 +76,42 @@ def sphere20(p: dict[str, Any]) -> float:
     return float(np.sum((_point(p, 20) - _SHIFT) ** 2))
 
 
+class EvaluationFailed(RuntimeError):
+    """Raised by the ``failures`` suite's tasks where their evaluation fails."""
+
+
+_BOWL_ROTATION = np.linalg.qr(np.random.default_rng(31).normal(size=(5, 5)))[0]
+_BOWL_CURVATURES = np.logspace(0, 2, 5)
+_BOWL_CENTRE = np.random.default_rng(32).uniform(-0.5, 0.5, 5)
+_BOWL_NORMAL = np.random.default_rng(33).normal(size=5)
+_BOWL_NORMAL /= np.linalg.norm(_BOWL_NORMAL)
+
+
+def fail_bowl5(p: dict[str, Any]) -> float:
+    d = _point(p, 5) - _BOWL_CENTRE
+    if d @ _BOWL_NORMAL > 0.1:
+        raise EvaluationFailed("diverged")
+    z = _BOWL_ROTATION @ d
+    return float(np.sum(_BOWL_CURVATURES * z * z))
+
+
+def fail_mixed6(p: dict[str, Any]) -> float:
+    if p["lr"] > 3e-3 or p["layers"] > 9 or (p["opt"] == "sgd" and p["layers"] > 6):
+        raise EvaluationFailed("diverged or out of memory")
+    return mixed6(p)
+
+
+_FLAKY_SHIFT = np.random.default_rng(37).uniform(-3.0, 3.0, 4)  # its minimum does not fail
+
+
+def flaky_sphere4(p: dict[str, Any]) -> float:
+    x = _point(p, 4)
+    key = ",".join(f"{v:.12g}" for v in x).encode()
+    if int.from_bytes(hashlib.sha256(key).digest()[:8], "big") % 5 == 0:
+        raise EvaluationFailed("flaky evaluation")
+    return float(np.sum((x - _FLAKY_SHIFT) ** 2))
+
+
 #: The point where each task reaches its optimum of 0 (tests check it).
 MINIMIZERS: dict[str, dict[str, Any]] = {
     "mixed6": {"a": 0.3, "b": -1.0, "lr": 1e-3, "layers": 5, "k": 2, "opt": "adam"},
@@ -68,6 +119,9 @@ MINIMIZERS: dict[str, dict[str, Any]] = {
     "rastrigin5": {f"x{i}": 0.7 for i in range(5)},
     "illcond10": {f"x{i}": 0.2 for i in range(10)},
     "sphere20": {f"x{i}": float(_SHIFT[i]) for i in range(20)},
+    "fail_bowl5": {f"x{i}": float(_BOWL_CENTRE[i]) for i in range(5)},
+    "fail_mixed6": {"a": 0.3, "b": -1.0, "lr": 1e-3, "layers": 5, "k": 2, "opt": "adam"},
+    "flaky_sphere4": {f"x{i}": float(_FLAKY_SHIFT[i]) for i in range(4)},
 }
 
 
@@ -85,5 +139,13 @@ for _name, _space, _fn, _what in (
     ("illcond10", _box(-1.0, 1.0, 10), illcond10,
      "rotated quadratic, 10-d, condition number 1e4, minimum at 0.2"),
     ("sphere20", _box(-5.0, 5.0, 20), sphere20, "shifted sphere, 20-d"),
+    ("fail_bowl5", _box(-1.0, 1.0, 5), fail_bowl5,
+     "rotated ellipsoid, 5-d, failing on a half-space 0.1 from its minimum"),
+    ("fail_mixed6", Space({"a": Float(0.0, 1.0), "b": Float(-3.0, 3.0),
+                           "lr": Float(1e-6, 1.0, log=True), "layers": Int(1, 12),
+                           "k": Int(0, 7), "opt": Categorical(list(_CHOICE_COST))}),
+     fail_mixed6, "mixed6, failing for lr > 3e-3, layers > 9, and sgd with layers > 6"),
+    ("flaky_sphere4", _box(-5.0, 5.0, 4), flaky_sphere4,
+     "shifted sphere, 4-d, one evaluation in five failing at random"),
 ):
     register(Task(_name, _space, _fn, optimum=0.0, description=_what))

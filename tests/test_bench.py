@@ -154,3 +154,20 @@ def test_bench_workers_end_when_the_bench_is_killed():
         assert not running(), "the worker outlived its killed parent"
     finally:
         proc.kill()
+
+
+def test_failed_evaluations_are_counted_and_tabled(monkeypatch):
+    from bbopt import bench
+
+    runs = [{"task": "branin", "method": m, "seed": s, "budget": 10, "best": [1.0] * 10,
+             "latency": {}, "failed": f} for m, f in (("random", 4), ("learned", 1))
+            for s in range(2)]
+    runs.append({"task": "branin", "method": "cma-es", "seed": 0, "budget": 10,
+                 "best": [1.0] * 10, "latency": {}})  # recorded before failures counted
+    s = bench.summarize(runs)
+    assert s["failed"]["branin"] == {"random": 4, "learned": 1, "cma-es": 0}
+    md = bench.to_markdown(s, "bbopt bench")
+    assert "Failed evaluations per run" in md and "| branin | 4 | 1 | 0 |" in md
+    for r in runs:
+        r["failed"] = 0
+    assert "Failed evaluations" not in bench.to_markdown(bench.summarize(runs), "b")

@@ -292,3 +292,30 @@ def test_interleaved_refinement_from_eight_dimensions():
             ei = torch.log(std) + log_ei((Ys.min(1).values[:, None] - mean) / std)
             assert torch.allclose(gp.score(C), lcb if i + 1 == 40 else ei)
             assert not torch.allclose(lcb, ei)
+
+
+def test_failed_points_turn_the_screen_away_from_their_region_only():
+    # Observations on the left half; candidates in the unexplored right half, where EI
+    # pulls, and next to the incumbent (0.3), where a failure at 0.31 is a flaky one.
+    X = torch.tensor([[[0.05], [0.15], [0.25], [0.3], [0.35], [0.45]]], dtype=torch.float64)
+    Y = torch.tensor([[1.0, 0.6, 0.2, 0.1, 0.15, 0.5]], dtype=torch.float64)
+    C = torch.tensor([[[0.8], [0.85], [0.299]]], dtype=torch.float64)
+    F = torch.tensor([[[0.8], [0.31]]], dtype=torch.float64)
+    for refine_after in (None, 0):  # scored by log EI, then by the lower confidence bound
+        gp = GPScreen(1, 1, refine_after=refine_after)
+        for i in range(X.shape[1]):
+            gp.add(X[:, i], Y[:, i])
+        free = gp.score(C)[0]
+        gp.set_failed(F)
+        failed = gp.score(C)[0]
+        assert failed[0] == -math.inf  # a failed point is never proposed again
+        assert failed[1] < free[1] - (2.0 if refine_after is None else 0.5)
+        if refine_after == 0:  # the bound, in standard deviations: next to good values
+            assert abs(failed[2] - free[2]) < 0.1  # a failure barely moves it
+        gp.set_failed(torch.zeros(1, 0, 1, dtype=torch.float64))
+        assert torch.equal(gp.score(C)[0], free)  # without failures, as before
+    gp.set_failed(F)
+    both = gp.score(C, pending=torch.tensor([[[0.85]]], dtype=torch.float64))[0]
+    assert both[1] == -math.inf and torch.isfinite(both[2])  # both kinds of believers
+    with pytest.raises(ValueError, match="do not fit"):
+        gp.set_failed(torch.zeros(1, 2, 2))

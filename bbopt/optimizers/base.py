@@ -42,6 +42,15 @@ class History:
         """Every trial handed out so far, whatever its state."""
         return len(self.X) + len(self.pending) + len(self.failed)
 
+    def failed_as_worst(self) -> tuple[np.ndarray, np.ndarray]:
+        """The completed points followed by the failed ones, (m + f, d), and their values,
+        each failed point's the worst value told (0 before any): for methods whose model
+        needs a value at every point it has tried. Left out, a failed point leaves such a
+        model as it was, so it proposes the same point again, and fails again."""
+        worst = float(self.y.max()) if len(self.y) else 0.0
+        return (np.concatenate([self.X, self.failed]),
+                np.concatenate([self.y, np.full(len(self.failed), worst)]))
+
     @classmethod
     def empty(cls, dim: int) -> History:
         z = np.zeros((0, dim))

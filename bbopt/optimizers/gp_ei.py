@@ -1,6 +1,7 @@
 """GP-EI: BoTorch's SingleTaskGP with log expected improvement.
 
-A scrambled Sobol design of ``n_init`` points comes first. Then BoTorch's default GP
+A scrambled Sobol design of ``n_init`` points comes first. Failed evaluations enter the
+GP at the worst value told (``History.failed_as_worst``), so it moves away from them. Then BoTorch's default GP
 (in BoTorch 0.18: an ARD RBF kernel under a dimension-scaled log-normal lengthscale
 prior, input normalization to the cube, standardized outcomes) is fit by maximum a
 posteriori marginal likelihood, and the next point maximizes LogEI; batches and pending
@@ -59,8 +60,9 @@ class GPEI(Optimizer):
         from botorch.optim import optimize_acqf
         from gpytorch.mlls import ExactMarginalLogLikelihood
 
-        X = torch.as_tensor(history.X, dtype=torch.float64)
-        Y = -torch.as_tensor(history.y, dtype=torch.float64).unsqueeze(-1)  # BoTorch maximizes
+        X, y = history.failed_as_worst()
+        X = torch.as_tensor(X, dtype=torch.float64)
+        Y = -torch.as_tensor(y, dtype=torch.float64).unsqueeze(-1)  # BoTorch maximizes
         bounds = torch.stack([torch.zeros(self.dim), torch.ones(self.dim)]).to(X)
         # Randomness depends on the seed and the history only: reproducible and resumable.
         with torch.random.fork_rng(), warnings.catch_warnings():

@@ -51,6 +51,12 @@ order), it replays the history from the start.
   noise, so they are distinct; the screen treats pending trials (other workers' and the
   ask's earlier proposals) as observed at the GP's mean, so it does not pick next to
   them again.
+* Failed trials (``tell(trial, failed=True)``, or failed as stale): the screen takes
+  their points as pessimistic believers, above the GP's mean there
+  (``bbopt.nets.screen.FAIL_KAPPA``), and never proposes one again, so a region where
+  evaluations fail (a learning rate that diverges) is left while one failure among
+  good values (a flaky evaluation) barely moves it. The policy sees completed trials
+  only.
 * Int and Categorical parameters work through the space encoding; the screen scores
   candidates at the points their params encode to (``Optimizer.snap``), so a proposal
   never repeats a trial's params while other candidates remain.
@@ -247,6 +253,7 @@ class _PolicyOptimizer(Optimizer):
             if self.snap is not None:
                 def snap(c: torch.Tensor) -> torch.Tensor:  # float64: exact cell points
                     return torch.from_numpy(self.snap(c.double().cpu().numpy())).to(dev)
+            self._gp.set_failed(torch.as_tensor(history.failed, device=dev).reshape(1, -1, d))
             xs = []
             for i in range(n):
                 u = torch.rand(1, k + n_uni, d, generator=g).to(dev)

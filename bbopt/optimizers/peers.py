@@ -115,9 +115,7 @@ class CMAES(Optimizer):
         return np.clip(np.array(sols[skip:skip + n])[:, :self.dim], 0.0, 1.0)
 
     def _told(self, history: History) -> tuple[np.ndarray, np.ndarray]:
-        X = np.concatenate([history.X, history.failed])
-        worst = float(history.y.max()) if len(history.y) else 0.0
-        y = np.concatenate([history.y, np.full(len(history.failed), worst + 1.0)])
+        X, y = history.failed_as_worst()
         if self.dim == 1:
             X = np.concatenate([X, np.full((len(X), 1), 0.5)], axis=1)
         return X, y
