@@ -1,12 +1,12 @@
 """GP-EI: BoTorch's SingleTaskGP with log expected improvement.
 
-A scrambled Sobol design of ``n_init`` points comes first. Failed evaluations enter the
-GP at the worst value told (``History.failed_as_worst``), so it moves away from them. Then BoTorch's default GP
+A scrambled Sobol design of ``n_init`` points comes first. Then BoTorch's default GP
 (in BoTorch 0.18: an ARD RBF kernel under a dimension-scaled log-normal lengthscale
 prior, input normalization to the cube, standardized outcomes) is fit by maximum a
 posteriori marginal likelihood, and the next point maximizes LogEI; batches and pending
 points go through qLogEI, the pending points as ``X_pending`` so a parallel ask does
-not propose them again.
+not propose them again. Failed evaluations enter the GP at the worst value told
+(``History.failed_as_worst``), so that it moves away from them.
 """
 
 from __future__ import annotations
