@@ -263,10 +263,10 @@ def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if any(m in score[t] for t in score)
     }
     # Failed evaluations per run (runs recorded before they were counted have none).
-    failed = {t: {m: statistics.median(r.get("failed", 0) for r in results
-                                       if r["task"] == t and r["method"] == m)
-                  for m in methods if any(r["task"] == t and r["method"] == m for r in results)}
-              for t in tasks}
+    counts: dict[str, dict[str, list[int]]] = {}
+    for r in results:
+        counts.setdefault(r["task"], {}).setdefault(r["method"], []).append(r.get("failed", 0))
+    failed = {t: {m: statistics.median(v) for m, v in per.items()} for t, per in counts.items()}
     latency = {
         m: {
             k: statistics.median(r["latency"][k] for r in results if r["method"] == m)

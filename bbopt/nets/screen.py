@@ -287,14 +287,12 @@ class GPScreen:
         return g, inv_ls2, L, a
 
     def _factor(self, theta: torch.Tensor, inv_ls2: torch.Tensor, X: torch.Tensor,
-                Ys: torch.Tensor, extra: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                Ys: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cholesky factor and ``K^-1 y`` at hyperparameters ``theta`` (whose inverse
-        squared lengthscales are ``inv_ls2``); ``extra`` (B, n): each observation's noise
-        variance on top of the GP's."""
+        squared lengthscales are ``inv_ls2``); ``noise`` (B, n): each observation's own
+        noise variance on top of the GP's."""
         K, _ = _matern(_distance(X, X, inv_ls2))
-        if extra is not None:
-            K.diagonal(dim1=-2, dim2=-1).add_(extra)
+        K.diagonal(dim1=-2, dim2=-1).add_(noise)
         L = _cholesky(K, theta[:, self.dim].exp())
         return L, torch.cholesky_solve(Ys.unsqueeze(-1), L)[..., 0]
 
@@ -307,6 +305,19 @@ class GPScreen:
         mean = (alpha.unsqueeze(1) @ k)[:, 0]
         q = torch.linalg.solve_triangular(L, k, upper=False)
         return mean, (1.0 - q.square().sum(1)).clamp_min(1e-12).sqrt()
+
+    def _believe(self, X: torch.Tensor, Ys: torch.Tensor, noise: torch.Tensor,
+                 L: torch.Tensor, alpha: torch.Tensor, P: torch.Tensor, kappa: float,
+                 own: float) -> tuple[torch.Tensor, ...]:
+        """The observations ``X``, ``Ys`` (with their own noise variances ``noise`` and
+        factorization ``L``, ``alpha``) followed by believers at ``P`` (B, p, d):
+        observed at the posterior mean plus ``kappa`` standard deviations, with ``own``
+        times the posterior variance as their own noise; refactorized."""
+        theta, inv_ls2 = self._fit[:2]
+        mean, std = self._posterior(L, alpha, _distance(X, P, inv_ls2))
+        X, Ys = torch.cat([X, P], 1), torch.cat([Ys, mean + kappa * std], 1)
+        noise = torch.cat([noise, own * std.square()], 1)
+        return (X, Ys, noise, *self._factor(theta, inv_ls2, X, Ys, noise))
 
     def score(self, C: torch.Tensor, pending: torch.Tensor | None = None) -> torch.Tensor:
         """The screen's score (B, K) of candidates ``C`` (B, K, d), higher is better, with
@@ -322,24 +333,16 @@ class GPScreen:
                              f"({self.batch}, K, {self.dim})")
         if self.n < 2 or self._fit is None:
             raise ValueError("the screen needs at least two observations")
-        theta, inv_ls2, L, alpha, Ys = self._fit
+        _, inv_ls2, L, alpha, Ys = self._fit
         margin = exploration_margin(self.n, self.budget)
         X, best = self.X, Ys.min(1).values.unsqueeze(1) - margin
-        extra = None  # the believers' own noise variances
-        F = self.failed
-        if F.shape[1]:
-            mf, sf = self._posterior(L, alpha, _distance(X, F, inv_ls2))
-            X, Ys = torch.cat([X, F], 1), torch.cat([Ys, mf + FAIL_KAPPA * sf], 1)
-            extra = torch.cat([torch.zeros_like(best).expand(-1, self.n),
-                               FAIL_NOISE * sf.square()], 1)
-            L, alpha = self._factor(theta, inv_ls2, X, Ys, extra)
+        noise = torch.zeros_like(Ys)  # each observation's own noise, on top of the GP's
+        if self.failed.shape[1]:
+            X, Ys, noise, L, alpha = self._believe(X, Ys, noise, L, alpha, self.failed,
+                                                   FAIL_KAPPA, FAIL_NOISE)
         if pending is not None and pending.shape[1]:
-            P = pending.detach().to(**self.opts)
-            believed = self._posterior(L, alpha, _distance(X, P, inv_ls2))[0]
-            X, Ys = torch.cat([X, P], 1), torch.cat([Ys, believed], 1)
-            if extra is not None:
-                extra = torch.cat([extra, torch.zeros_like(believed)], 1)
-            L, alpha = self._factor(theta, inv_ls2, X, Ys, extra)
+            X, Ys, noise, L, alpha = self._believe(X, Ys, noise, L, alpha,
+                                                   pending.detach().to(**self.opts), 0.0, 0.0)
         C = C.detach().to(**self.opts)
         r = _distance(X, C, inv_ls2)  # (B, n, K)
         mean, std = self._posterior(L, alpha, r)
