@@ -76,6 +76,15 @@ SUITES: dict[str, list[str]] = {
         "michalewicz2",
         "michalewicz5",
     ],
+    # 24 more botorch test functions, 2 to 10 dimensions (``bbopt.tasks.synthetic``):
+    # a wider held-out check, added after every choice of the learned optimizer.
+    "synthetic-wide": [
+        "ackley3", "ackley10", "beale", "bukin", "dixon_price4", "dixon_price10",
+        "drop_wave", "eggholder", "griewank3", "griewank10", "holder_table", "levy6",
+        "michalewicz10", "powell4", "powell8", "rastrigin3", "rastrigin8", "rosenbrock2",
+        "rosenbrock8", "shekel", "six_hump_camel", "three_hump_camel", "styblinski_tang3",
+        "styblinski_tang10",
+    ],
     "quick": ["branin", "hartmann3"],
     "gp-prior": [gp_task_name(d, 0) for d in GP_HELD_OUT_DIMS],
     # Four held-out samples per dimension (the three above and three more each): the
