@@ -11,6 +11,9 @@ from bbopt.tasks.gp_prior import GPPrior
 
 from bbopt.nets.policy import BBOPolicy, rollout
 from bbopt.nets.screen import (
+    FAIL_KAPPA,
+    FAIL_NOISE,
+    FAIL_STD_FLOOR,
     JITTER,
     LENGTHSCALE_PRIOR,
     REFINE_KAPPA,
@@ -323,6 +326,24 @@ def test_failed_points_turn_the_screen_away_from_their_region_only():
     assert both[1] == -math.inf and torch.isfinite(both[2])  # both kinds of believers
     with pytest.raises(ValueError, match="do not fit"):
         gp.set_failed(torch.zeros(1, 2, 2))
+
+
+def test_failure_believers_sit_above_the_mean_and_are_never_certain():
+    # A failure at an observed point (where the posterior is nearly sure) and one far
+    # from the data: each believed at mean + kappa * max(std, floor), with that variance
+    # (times FAIL_NOISE) as its own noise, so a failure never pins the posterior.
+    X = torch.tensor([[[0.1], [0.2], [0.3], [0.4]]], dtype=torch.float64)
+    gp = _observed(X, torch.tensor([[0.5, 0.2, 0.1, 0.3]], dtype=torch.float64))
+    _, inv_ls2, L, alpha, Ys = gp._fit
+    P = torch.tensor([[[0.3], [0.95]]], dtype=torch.float64)
+    mean, std = gp._posterior(L, alpha, _distance(gp.X, P, inv_ls2))
+    assert std[0, 0] < FAIL_STD_FLOOR < std[0, 1]
+    _, Yb, noise, _, _ = gp._believe(gp.X, Ys, torch.zeros_like(Ys), L, alpha, P,
+                                     FAIL_KAPPA, FAIL_NOISE, FAIL_STD_FLOOR)
+    s = torch.stack([torch.tensor(FAIL_STD_FLOOR, dtype=torch.float64), std[0, 1]])
+    assert torch.allclose(Yb[0, 4:], mean[0] + FAIL_KAPPA * s)
+    assert torch.allclose(noise[0, 4:], FAIL_NOISE * s.square())
+    assert torch.equal(noise[0, :4], torch.zeros(4, dtype=torch.float64))
 
 
 def test_the_warp_compresses_the_upper_tail_only():

@@ -25,8 +25,9 @@ and their order, not on when it was asked, so a replayed history gives the same 
 Pending points (queries handed out without a value yet) enter as "kriging believers":
 observations at the posterior mean, which leaves the mean unchanged and removes the
 variance near them, so parallel proposals spread out. Failed evaluations enter as
-pessimistic believers, above the mean (``FAIL_KAPPA``), so the screen turns away from
-regions where evaluations fail and does not propose them again and again.
+pessimistic believers, above the mean and never certain (``FAIL_KAPPA``,
+``FAIL_STD_FLOOR``), so the screen turns away from regions where evaluations fail and
+does not propose them again and again.
 """
 
 from __future__ import annotations
@@ -103,21 +104,27 @@ INTERLEAVE_MIN_DIM = 8
 INTERLEAVE_AFTER = 40
 INTERLEAVE_UNTIL = 100
 #: Failed evaluations (``GPScreen.set_failed``) enter the screen's GP as pessimistic
-#: believers: observed at the successes' posterior mean plus ``FAIL_KAPPA`` standard
-#: deviations (of the warped, standardized values, ``warp``), with ``FAIL_NOISE`` times
-#: that variance as their own noise. A failed point far from the data (an unexplored
-#: region, where EI pulls) then weighs as a value well above the mean there, and EI
-#: turns elsewhere; one next to good values (a flaky evaluation) barely moves the
-#: posterior, so refinement goes on there. Left out, a failure left the screen as it
-#: was, and it proposed into the failing region again and again (90 of 100 trials
-#: failed where a half-space 0.02 to 0.1 from the optimum failed). Chosen on dev
-#: problems (rotated bowls in 4 and 8 dimensions with a failing half-space, or 15% of
-#: evaluations failing at random; a mixed space with failing settings): kappa 1, 2, 3
-#: with noise factors 0, 1, 4, 9 before the warp, kappa 2 then; with the warp, which
-#: makes unexplored regions look better, kappa 2 failed three times as often in the
-#: mixed space, and kappa 4 brought that back, at some refinement after random
-#: failures (BENCHMARKS.md, "Failed evaluations" and "Warped values").
-FAIL_KAPPA = 4.0
+#: believers: observed at the successes' posterior mean plus ``FAIL_KAPPA`` times the
+#: posterior standard deviation there (of the warped, standardized values, ``warp``), or
+#: times ``FAIL_STD_FLOOR`` where that is smaller, with ``FAIL_NOISE`` times the square of
+#: the same as their own noise. A failed point far from the data (an unexplored region,
+#: where EI pulls) then weighs as a value well above the mean there, and EI turns
+#: elsewhere; one next to good values (a flaky evaluation) moves the posterior only
+#: within the floor's noise, so refinement goes on there. Left out, a failure left the
+#: screen as it was, and it proposed into the failing region again and again (90 of 100
+#: trials failed where a half-space 0.02 to 0.1 from the optimum failed). The floor: a
+#: failed point's value is unknown, but without it a failure next to the data, where
+#: the posterior is sure, became an exact observation at about the mean there, which the
+#: screen then trusted. Chosen on dev problems (rotated bowls in 4 to 8 dimensions with
+#: a failing half-space, or 15% of evaluations failing at random; a mixed space with
+#: failing settings): kappa 1, 2, 3 with noise factors 0, 1, 4, 9 before the warp, kappa
+#: 2 then; with the warp kappa 4 (kappa 2 failed three times as often in the mixed
+#: space); then floors of 0.1 to 0.5 with kappa 4 to 8, where floor 0.5 and kappa 6
+#: ended lower after random failures (52 / 11 and 45 / 18 runs lower / higher at d = 4
+#: and 8 on fresh dev functions) and failed less on the half-spaces and the mixed space
+#: at a level regret (BENCHMARKS.md, "Failed evaluations").
+FAIL_KAPPA = 6.0
+FAIL_STD_FLOOR = 0.5
 FAIL_NOISE = 1.0
 #: Candidates this close (max-norm) to a queried point count as repeats of it.
 REPEAT_TOL = 1e-9
@@ -308,13 +315,15 @@ class GPScreen:
 
     def _believe(self, X: torch.Tensor, Ys: torch.Tensor, noise: torch.Tensor,
                  L: torch.Tensor, alpha: torch.Tensor, P: torch.Tensor, kappa: float,
-                 own: float) -> tuple[torch.Tensor, ...]:
+                 own: float, floor: float = 0.0) -> tuple[torch.Tensor, ...]:
         """The observations ``X``, ``Ys`` (with their own noise variances ``noise`` and
         factorization ``L``, ``alpha``) followed by believers at ``P`` (B, p, d):
-        observed at the posterior mean plus ``kappa`` standard deviations, with ``own``
-        times the posterior variance as their own noise; refactorized."""
+        observed at the posterior mean plus ``kappa`` times ``s``, the posterior standard
+        deviation or ``floor`` if that is larger, with ``own`` times ``s`` squared as
+        their own noise; refactorized."""
         theta, inv_ls2 = self._fit[:2]
         mean, std = self._posterior(L, alpha, _distance(X, P, inv_ls2))
+        std = std.clamp_min(floor)
         X, Ys = torch.cat([X, P], 1), torch.cat([Ys, mean + kappa * std], 1)
         noise = torch.cat([noise, own * std.square()], 1)
         return (X, Ys, noise, *self._factor(theta, inv_ls2, X, Ys, noise))
@@ -339,7 +348,7 @@ class GPScreen:
         noise = torch.zeros_like(Ys)  # each observation's own noise, on top of the GP's
         if self.failed.shape[1]:
             X, Ys, noise, L, alpha = self._believe(X, Ys, noise, L, alpha, self.failed,
-                                                   FAIL_KAPPA, FAIL_NOISE)
+                                                   FAIL_KAPPA, FAIL_NOISE, FAIL_STD_FLOOR)
         if pending is not None and pending.shape[1]:
             X, Ys, noise, L, alpha = self._believe(X, Ys, noise, L, alpha,
                                                    pending.detach().to(**self.opts), 0.0, 0.0)
