@@ -52,11 +52,11 @@ order), it replays the history from the start.
   ask's earlier proposals) as observed at the GP's mean, so it does not pick next to
   them again.
 * Failed trials (``tell(trial, failed=True)``, or failed as stale): the screen takes
-  their points as pessimistic believers, above the GP's mean there
-  (``bbopt.nets.screen.FAIL_KAPPA``), and never proposes one again, so a region where
-  evaluations fail (a learning rate that diverges) is left while one failure among
-  good values (a flaky evaluation) barely moves it. The policy sees completed trials
-  only.
+  their points as pessimistic believers, above the GP's mean there and never certain
+  (``bbopt.nets.screen.FAIL_KAPPA``, ``FAIL_STD_FLOOR``), and never proposes one
+  again, so a region where evaluations fail (a learning rate that diverges) is left
+  while one failure among good values (a flaky evaluation) barely moves it. The policy
+  sees completed trials only.
 * Int and Categorical parameters work through the space encoding; the screen scores
   candidates at the points their params encode to (``Optimizer.snap``), so a proposal
   never repeats a trial's params while other candidates remain.
