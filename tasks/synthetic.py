@@ -104,8 +104,8 @@ for _d, _opt in ((2, -1.80130341), (5, -4.687658)):
 # The ``synthetic-wide`` suite: 24 more of botorch's test functions, 2 to 10 dimensions,
 # added (2026-12-05) as a wider held-out check of default settings; nothing was trained
 # or chosen on them. Optima where botorch rounds them (Egg Holder, Holder table, Shekel,
-# six-hump camel) are the values at its optimizers refined with scipy, no higher than
-# the function anywhere.
+# six-hump camel) are the values at its optimizers refined with scipy (tested to be no
+# higher than the function there).
 for _d in (3, 10):
     _make(f"ackley{_d}", "Ackley", _d, _box(-32.768, 32.768, _d), 0.0,
           f"Ackley, {_d}-d, highly multimodal, minimum at 0")
