@@ -39,6 +39,11 @@ from bbopt.tasks.base import Task, register
 from bbopt.space import Categorical, Float, Int, Space
 
 _CHOICE_COST = {"adam": 0.0, "sgd": 0.5, "rmsprop": 1.0, "lbfgs": 0.2}
+#: ``mixed6``'s space and minimizer, shared by ``fail_mixed6``.
+_MIXED6_SPACE = Space({"a": Float(0.0, 1.0), "b": Float(-3.0, 3.0),
+                       "lr": Float(1e-6, 1.0, log=True), "layers": Int(1, 12),
+                       "k": Int(0, 7), "opt": Categorical(list(_CHOICE_COST))})
+_MIXED6_MIN = {"a": 0.3, "b": -1.0, "lr": 1e-3, "layers": 5, "k": 2, "opt": "adam"}
 
 
 def mixed6(p: dict[str, Any]) -> float:
@@ -114,13 +119,13 @@ def flaky_sphere4(p: dict[str, Any]) -> float:
 
 #: The point where each task reaches its optimum of 0 (tests check it).
 MINIMIZERS: dict[str, dict[str, Any]] = {
-    "mixed6": {"a": 0.3, "b": -1.0, "lr": 1e-3, "layers": 5, "k": 2, "opt": "adam"},
+    "mixed6": _MIXED6_MIN,
     "plateau4": {f"x{i}": 1.3 for i in range(4)},
     "rastrigin5": {f"x{i}": 0.7 for i in range(5)},
     "illcond10": {f"x{i}": 0.2 for i in range(10)},
     "sphere20": {f"x{i}": float(_SHIFT[i]) for i in range(20)},
     "fail_bowl5": {f"x{i}": float(_BOWL_CENTRE[i]) for i in range(5)},
-    "fail_mixed6": {"a": 0.3, "b": -1.0, "lr": 1e-3, "layers": 5, "k": 2, "opt": "adam"},
+    "fail_mixed6": _MIXED6_MIN,
     "flaky_sphere4": {f"x{i}": float(_FLAKY_SHIFT[i]) for i in range(4)},
 }
 
@@ -130,9 +135,7 @@ def _box(lo: float, hi: float, dim: int) -> Space:
 
 
 for _name, _space, _fn, _what in (
-    ("mixed6", Space({"a": Float(0.0, 1.0), "b": Float(-3.0, 3.0),
-                      "lr": Float(1e-6, 1.0, log=True), "layers": Int(1, 12),
-                      "k": Int(0, 7), "opt": Categorical(list(_CHOICE_COST))}),
+    ("mixed6", _MIXED6_SPACE,
      mixed6, "mixed floats, log float, integers and a categorical"),
     ("plateau4", _box(-5.0, 5.0, 4), plateau4, "staircase, 4-d, minimum plateau at 1.3"),
     ("rastrigin5", _box(-5.12, 5.12, 5), rastrigin5, "Rastrigin, 5-d, shifted to 0.7"),
@@ -141,10 +144,8 @@ for _name, _space, _fn, _what in (
     ("sphere20", _box(-5.0, 5.0, 20), sphere20, "shifted sphere, 20-d"),
     ("fail_bowl5", _box(-1.0, 1.0, 5), fail_bowl5,
      "rotated ellipsoid, 5-d, failing on a half-space 0.1 from its minimum"),
-    ("fail_mixed6", Space({"a": Float(0.0, 1.0), "b": Float(-3.0, 3.0),
-                           "lr": Float(1e-6, 1.0, log=True), "layers": Int(1, 12),
-                           "k": Int(0, 7), "opt": Categorical(list(_CHOICE_COST))}),
-     fail_mixed6, "mixed6, failing for lr > 3e-3, layers > 9, and sgd with layers > 6"),
+    ("fail_mixed6", _MIXED6_SPACE, fail_mixed6,
+     "mixed6, failing for lr > 3e-3, layers > 9, and sgd with layers > 6"),
     ("flaky_sphere4", _box(-5.0, 5.0, 4), flaky_sphere4,
      "shifted sphere, 4-d, one evaluation in five failing at random"),
 ):
