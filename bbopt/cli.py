@@ -177,7 +177,9 @@ def tune(objective: str, space_file: str | None, budget: int, method: str | None
                    f"{others[:10]}); if that process died, they are failed as stale after "
                    f"{grace:g} s without a heartbeat.", err=True)
     lock = threading.Lock()
-    state = {"finished": _finished(trials), "inflight": {}, "failures": 0, "error": None}
+    # inflight: thread -> its trial (None while it asks); asked: ids this process asked.
+    state = {"finished": _finished(trials), "inflight": {}, "asked": set(), "failures": 0,
+             "error": None}
     stop = threading.Event()
     best: list[float | None] = [_best_value(study)]
 
@@ -218,6 +220,9 @@ def tune(objective: str, space_file: str | None, budget: int, method: str | None
                 trial = study.ask(heartbeat=heartbeat > 0)
                 with lock:
                     state["inflight"][me] = trial
+                    state["asked"].add(trial.id)
+                if stop.is_set():
+                    return  # interrupted while asking: the main thread fails the trial
                 try:
                     value = evaluate(fn, trial.params, trial.id)
                 except ObjectiveError as e:
@@ -293,13 +298,21 @@ def tune(objective: str, space_file: str | None, budget: int, method: str | None
         stop.set()
         if isinstance(fn, ShellObjective):
             fn.stop()
+        # A worker may be inside ask(): wait for it, or its trial would stay pending.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with lock:
+                if all(t is not None for t in state["inflight"].values()):
+                    break
+            time.sleep(0.05)
         with lock:
-            running = [t for t in state["inflight"].values() if t is not None]
-        for t in running:
-            try:
-                study.tell(t, failed=True, reason=INTERRUPTED)
-            except BBOptError:
-                pass  # finished in the meantime
+            asked = set(state["asked"])
+        for t in study.trials:
+            if t.id in asked and t.state is TrialState.PENDING:
+                try:
+                    study.tell(t, failed=True, reason=INTERRUPTED)
+                except BBOptError:
+                    pass  # finished in the meantime
         done = _finished(study.trials)
         click.echo(f"\ninterrupted: {done}/{budget} trials finished in study {name!r}; "
                    "run the same command again to resume.", err=True)

@@ -237,6 +237,38 @@ def test_ctrl_c_stops_cleanly_and_rerun_resumes(workdir):
 
 
 @pytest.mark.slow
+def test_ctrl_c_while_a_worker_asks_leaves_no_trial_pending(workdir):
+    # The interrupt lands while ask() has stored a trial but not yet returned it: the
+    # trial must be failed as interrupted like those being evaluated.
+    (workdir / "slowask.py").write_text(
+        "import time\nimport bbopt.study\n_ask = bbopt.study.Study.ask\n"
+        "def _slow(self, *a, **k):\n    t = _ask(self, *a, **k)\n    time.sleep(0.5)\n"
+        "    return t\nbbopt.study.Study.ask = _slow\n"
+        "def fast(p):\n    return p['x'] ** 2\n")
+    db = "sqlite:///s.db"
+    cmd = [sys.executable, "-m", "bbopt.cli", "tune", "slowask.py:fast", "--space", "space.json",
+           "--budget", "1000", "--method", "random", "--storage", db, "--study", "a",
+           "--workers", "2", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.2)
+        try:
+            if sum(t.state is TrialState.COMPLETE for t in Study.load("a", db).trials) >= 2:
+                break
+        except Exception:  # noqa: BLE001 - not created yet
+            continue
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    trials = Study.load("a", db).trials
+    assert not [t for t in trials if t.state is TrialState.PENDING]
+    failed = [t for t in trials if t.state is TrialState.FAILED]
+    assert failed and all(t.info["reason"] == "interrupted" for t in failed)
+
+
+@pytest.mark.slow
 def test_kill_9_loses_nothing_told(workdir):
     db = "sqlite:///s.db"
     cmd = [sys.executable, "-m", "bbopt.cli", "tune", "obj.py:slow", "--space", "space.json",
