@@ -202,6 +202,52 @@ def test_screen_option_is_checked_and_can_be_turned_off():
     assert np.allclose(got, want.double().numpy(), atol=1e-6)
 
 
+def test_from_8_dimensions_a_study_starts_with_its_sobol_points(monkeypatch):
+    def history(X, pending=np.zeros((0, 8))):
+        X = np.asarray(X).reshape(-1, 8)
+        return History(X, ((X - 0.3) ** 2).sum(1), pending, np.zeros((0, 8)))
+
+    opt = make_optimizer("learned", 8, 5, {})
+    X = np.zeros((0, 8))
+    for _ in range(10):
+        X = np.vstack([X, opt.propose(history(X), 1)])
+    assert np.allclose(X[:9], sobol_points(8, 5, 0, 9), atol=1e-12)  # d + 1 start trials
+    assert not np.allclose(X[9], sobol_points(8, 5, 9, 1)[0], atol=1e-3)  # then the screen
+    # Parallel asks count every trial handed out: 4 at once, then 6 with two of them
+    # told and two pending (the start's last 5 Sobol points and a screened pick).
+    par = make_optimizer("learned", 8, 5, {})
+    first = par.propose(history(np.zeros((0, 8))), 4)
+    later = par.propose(history(first[:2], pending=first[2:]), 6)
+    assert np.allclose(np.vstack([first, later[:5]]), sobol_points(8, 5, 0, 9), atol=1e-12)
+    assert not np.allclose(later[5], sobol_points(8, 5, 9, 1)[0], atol=1e-3)
+    # Below 8 dimensions the screen picks from the second trial on.
+    low = make_optimizer("learned", 7, 5, {})
+    X7 = np.zeros((0, 7))
+    for _ in range(3):
+        x = low.propose(History(X7, ((X7 - 0.3) ** 2).sum(1), np.zeros((0, 7)),
+                                np.zeros((0, 7))), 1)
+        X7 = np.vstack([X7, x])
+    assert not np.allclose(X7[1:], sobol_points(7, 5, 1, 2), atol=1e-3)
+    # A start point that repeats a trial's params gives way to the screen's pick.
+    import bbopt.optimizers.learned as learned
+    monkeypatch.setattr(learned, "sobol_points", lambda d, seed, start, n: np.full((n, d), 0.5))
+    rep = make_optimizer("learned", 8, 5, {})
+    x0 = rep.propose(history(np.zeros((0, 8))), 1)
+    x1 = rep.propose(history(x0), 1)
+    assert np.allclose(x0, 0.5) and np.abs(x1 - 0.5).max() > 1e-9
+
+
+def test_integer_start_points_never_repeat_a_trial():
+    # Eight 0/1 parameters: the Sobol start's points snap to cells, and a repeated cell
+    # is not asked again.
+    study = bbopt.Study({f"b{i}": bbopt.Int(0, 1) for i in range(8)}, seed=1)
+    for _ in range(6):
+        for t in study.ask(2):
+            study.tell(t, sum(t.params.values()))
+    seen = [tuple(t.params.values()) for t in study.trials]
+    assert len(set(seen)) == len(seen) == 12
+
+
 @pytest.mark.slow
 def test_past_the_horizon_and_above_the_covered_dimension():
     # 500 trials (5 episodes of the training horizon) in 4-D, and 100 trials in 20-D (the

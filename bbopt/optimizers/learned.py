@@ -38,6 +38,10 @@ order), it replays the history from the start.
   every other pick from 40 trials (or the margin's end) to 100 is made that way too
   (``bbopt.nets.screen.interleaves``): there runs of a hundred trials rarely find the
   global basin, and going down the one found paid more than exploring on.
+* A space-filling start: from 8 dimensions on (``SOBOL_START_MIN_DIM``), a study's
+  first ``dim + 1`` trials are its scrambled Sobol points, which the policy and the
+  screen then observe like any trials; there the screen's own first picks search along
+  few axes around an early incumbent and miss trends across the cube.
 * ``budget`` (optional): the trials the study will run. The screen then explores for
   60% of the first episode's horizon or of the budget when that is shorter (later
   episodes open with ``CARRY`` trials, past any margin), which found lower values at 50
@@ -75,7 +79,13 @@ import numpy as np
 import torch
 
 from bbopt.nets.policy import local_candidates, subspace_candidates, uniform_candidates
-from bbopt.nets.screen import REFINE_FRACTION, REFINE_MIN_DIM, GPScreen, explore_until
+from bbopt.nets.screen import (
+    REFINE_FRACTION,
+    REFINE_MIN_DIM,
+    REPEAT_TOL,
+    GPScreen,
+    explore_until,
+)
 from bbopt.optimizers.base import History, Optimizer, register
 from bbopt.optimizers.random import sobol_points
 
@@ -87,6 +97,21 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 #: from d = 4 on) and ``local_candidates(SCREEN)`` perturbations of the incumbent
 #: (``bbopt.nets.screen``); 0 takes the policy's draw.
 SCREEN = 32
+
+#: A space-filling start: from ``SOBOL_START_MIN_DIM`` dimensions on, a study's first
+#: ``dim + 1`` trials are its scrambled Sobol points (``sobol_points``), as Bayesian
+#: optimization starts with a design; the policy and the screen observe them as any
+#: other trials. In 10 dimensions the screen's picks from the second trial on were
+#: mostly the incumbent with a few coordinates redrawn: a search along few axes around
+#: an early incumbent, whose values did not show a trend across the cube that spread
+#: points show (a GP fitted to 40 of them put its minimum near the optimum of rippled
+#: cones, one fitted to the policy's 40 did not). On dev rippled cones (d = 10) it found
+#: the cone in 26 of 64 runs against 19 (lower / higher regret at 100 in 43 / 21), at d
+#: = 8 a lower median (0.63 against 0.77); on dev GP samples and rotated bowls in 8 to
+#: 12 dimensions it was level (GP samples 233 / 214 runs lower / higher, bowls 107 /
+#: 85), in 4 dimensions it cost the median on two sets of GP samples (BENCHMARKS.md,
+#: "A space-filling start in 8 dimensions and more").
+SOBOL_START_MIN_DIM = 8
 
 #: Past the training horizon the policy and the screen go on over the study's trials until
 #: they hold ``CARRY`` + horizon of them; each later episode of a horizon's trials starts
@@ -223,6 +248,26 @@ class _PolicyOptimizer(Optimizer):
         self._rs, self._X, self._y = rs, X.copy(), y.copy()
         return rs
 
+    @property
+    def _sobol_start(self) -> int:
+        """The trials of the space-filling start (``SOBOL_START_MIN_DIM``)."""
+        return self.dim + 1 if self.dim >= SOBOL_START_MIN_DIM else 0
+
+    def _start_point(self, point: torch.Tensor, screened: torch.Tensor, history: History,
+                     pending: torch.Tensor, snap: Any) -> torch.Tensor:
+        """The study's Sobol ``point`` (1, d), float64, as a start trial, unless its params repeat
+        those of a trial handed out (integer and categorical parameters snap points to
+        cells); then the screen's pick ``screened``."""
+        point = point.double()
+        if snap is not None:
+            point = snap(point.unsqueeze(1))[:, 0]
+        seen = torch.cat([torch.as_tensor(history.X, device=point.device),
+                          torch.as_tensor(history.failed, device=point.device),
+                          pending[0]]).to(point)
+        if len(seen) and bool(((seen - point).abs().amax(-1) <= REPEAT_TOL).any()):
+            return screened
+        return point
+
     def propose(self, history: History, n: int) -> np.ndarray:
         with _one_cpu_thread(self.device):
             return self._propose(history, n)
@@ -233,8 +278,8 @@ class _PolicyOptimizer(Optimizer):
             rs = self._state(history.X, history.y)
             # Uniform draws: the study's scrambled Sobol sequence at the next unused index
             # (distinct across asks, workers and resumes); the other draws seeded likewise.
-            u0 = torch.as_tensor(sobol_points(d, self.seed, history.n_trials, n),
-                                 dtype=torch.float32, device=dev)
+            sobol = torch.from_numpy(sobol_points(d, self.seed, history.n_trials, n)).to(dev)
+            u0 = sobol.float()
             g = torch.Generator().manual_seed(
                 int(np.random.SeedSequence([self.seed, history.n_trials]).generate_state(1)[0]))
             if not self.screen:
@@ -263,7 +308,9 @@ class _PolicyOptimizer(Optimizer):
                 x, proposed = self.policy.propose_screened(rs, self._gp, u[:, :k], z[:, :k],
                                                            u[:, k:], z[:, k:], pending, snap,
                                                            sub)
-                xs.append(x)
+                if history.n_trials + i < self._sobol_start:
+                    x = self._start_point(sobol[i:i + 1], x, history, pending, snap)
+                xs.append(x.double())
                 pending = torch.cat([pending, x.double().unsqueeze(1)], dim=1)
             self._rs, self._proposed = proposed, True
         return torch.cat(xs).double().clamp(0.0, 1.0).cpu().numpy()
