@@ -202,9 +202,10 @@ def test_screen_option_is_checked_and_can_be_turned_off():
     assert np.allclose(got, want.double().numpy(), atol=1e-6)
 
 
-def test_from_8_dimensions_a_study_starts_with_its_sobol_points(monkeypatch):
-    def history(X, pending=np.zeros((0, 8))):
+def test_in_8_to_12_dimensions_a_study_starts_with_its_sobol_points(monkeypatch):
+    def history(X, pending=None):
         X = np.asarray(X).reshape(-1, 8)
+        pending = np.zeros((0, 8)) if pending is None else pending
         return History(X, ((X - 0.3) ** 2).sum(1), pending, np.zeros((0, 8)))
 
     opt = make_optimizer("learned", 8, 5, {})
@@ -220,14 +221,15 @@ def test_from_8_dimensions_a_study_starts_with_its_sobol_points(monkeypatch):
     later = par.propose(history(first[:2], pending=first[2:]), 6)
     assert np.allclose(np.vstack([first, later[:5]]), sobol_points(8, 5, 0, 9), atol=1e-12)
     assert not np.allclose(later[5], sobol_points(8, 5, 9, 1)[0], atol=1e-3)
-    # Below 8 dimensions the screen picks from the second trial on.
-    low = make_optimizer("learned", 7, 5, {})
-    X7 = np.zeros((0, 7))
-    for _ in range(3):
-        x = low.propose(History(X7, ((X7 - 0.3) ** 2).sum(1), np.zeros((0, 7)),
-                                np.zeros((0, 7))), 1)
-        X7 = np.vstack([X7, x])
-    assert not np.allclose(X7[1:], sobol_points(7, 5, 1, 2), atol=1e-3)
+    # Below 8 and above 12 dimensions the screen picks from the second trial on.
+    for d in (7, 13):
+        other = make_optimizer("learned", d, 5, {})
+        Xd = np.zeros((0, d))
+        for _ in range(3):
+            x = other.propose(History(Xd, ((Xd - 0.3) ** 2).sum(1), np.zeros((0, d)),
+                                      np.zeros((0, d))), 1)
+            Xd = np.vstack([Xd, x])
+        assert not np.allclose(Xd[1:], sobol_points(d, 5, 1, 2), atol=1e-3), d
     # A start point that repeats a trial's params gives way to the screen's pick.
     import bbopt.optimizers.learned as learned
     monkeypatch.setattr(learned, "sobol_points", lambda d, seed, start, n: np.full((n, d), 0.5))

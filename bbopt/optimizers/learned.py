@@ -38,7 +38,7 @@ order), it replays the history from the start.
   every other pick from 40 trials (or the margin's end) to 100 is made that way too
   (``bbopt.nets.screen.interleaves``): there runs of a hundred trials rarely find the
   global basin, and going down the one found paid more than exploring on.
-* A space-filling start: from 8 dimensions on (``SOBOL_START_MIN_DIM``), a study's
+* A space-filling start: in 8 to 12 dimensions (``SOBOL_START_DIMS``), a study's
   first ``dim + 1`` trials are its scrambled Sobol points, which the policy and the
   screen then observe like any trials; there the screen's own first picks search along
   few axes around an early incumbent and miss trends across the cube.
@@ -98,20 +98,22 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 #: (``bbopt.nets.screen``); 0 takes the policy's draw.
 SCREEN = 32
 
-#: A space-filling start: from ``SOBOL_START_MIN_DIM`` dimensions on, a study's first
-#: ``dim + 1`` trials are its scrambled Sobol points (``sobol_points``), as Bayesian
-#: optimization starts with a design; the policy and the screen observe them as any
-#: other trials. In 10 dimensions the screen's picks from the second trial on were
-#: mostly the incumbent with a few coordinates redrawn: a search along few axes around
-#: an early incumbent, whose values did not show a trend across the cube that spread
-#: points show (a GP fitted to 40 of them put its minimum near the optimum of rippled
-#: cones, one fitted to the policy's 40 did not). On dev rippled cones (d = 10) it found
-#: the cone in 26 of 64 runs against 19 (lower / higher regret at 100 in 43 / 21), at d
-#: = 8 a lower median (0.63 against 0.77); on dev GP samples and rotated bowls in 8 to
-#: 12 dimensions it was level (GP samples 233 / 214 runs lower / higher, bowls 107 /
-#: 85), in 4 dimensions it cost the median on two sets of GP samples (BENCHMARKS.md,
-#: "A space-filling start in 8 dimensions and more").
-SOBOL_START_MIN_DIM = 8
+#: A space-filling start: from ``SOBOL_START_DIMS[0]`` to ``SOBOL_START_DIMS[1]``
+#: dimensions, a study's first ``dim + 1`` trials are its scrambled Sobol points
+#: (``sobol_points``), as Bayesian optimization starts with a design; the policy and the
+#: screen observe them as any other trials. In 10 dimensions the screen's picks from the
+#: second trial on were mostly the incumbent with a few coordinates redrawn: a search
+#: along few axes around an early incumbent, whose values did not show a trend across
+#: the cube that spread points show (a GP fitted to 40 of them put its minimum near the
+#: optimum of rippled cones, one fitted to the policy's 40 did not). On dev rippled cones
+#: it found the cone in 26 of 64 runs against 19 at d = 10 and in 26 of 32 against 20 at
+#: d = 8; on dev GP samples and rotated bowls in 8 to 12 dimensions it was level (GP
+#: samples 233 / 214 runs lower / higher, bowls 107 / 85). It cost the median on GP
+#: samples in 4 dimensions (two sets) and on bowls in 16 and 20 (27 / 37 runs each),
+#: where 100 trials leave less room for a design, so it stops at 12, the last dimension
+#: the policy was trained on (BENCHMARKS.md, "A space-filling start in 8 to 12
+#: dimensions").
+SOBOL_START_DIMS = (8, 12)
 
 #: Past the training horizon the policy and the screen go on over the study's trials until
 #: they hold ``CARRY`` + horizon of them; each later episode of a horizon's trials starts
@@ -250,8 +252,9 @@ class _PolicyOptimizer(Optimizer):
 
     @property
     def _sobol_start(self) -> int:
-        """The trials of the space-filling start (``SOBOL_START_MIN_DIM``)."""
-        return self.dim + 1 if self.dim >= SOBOL_START_MIN_DIM else 0
+        """The trials of the space-filling start (``SOBOL_START_DIMS``)."""
+        lo, hi = SOBOL_START_DIMS
+        return self.dim + 1 if lo <= self.dim <= hi else 0
 
     def _start_point(self, point: torch.Tensor, screened: torch.Tensor, history: History,
                      pending: torch.Tensor, snap: Any) -> torch.Tensor:
