@@ -106,9 +106,10 @@ SCREEN = 32
 #: along few axes around an early incumbent, whose values did not show a trend across
 #: the cube that spread points show (a GP fitted to 40 of them put its minimum near the
 #: optimum of rippled cones, one fitted to the policy's 40 did not). On dev rippled cones
-#: it found the cone in 26 of 64 runs against 19 at d = 10 and in 26 of 32 against 20 at
-#: d = 8; on dev GP samples and rotated bowls in 8 to 12 dimensions it was level (GP
-#: samples 233 / 214 runs lower / higher, bowls 107 / 85). It cost the median on GP
+#: it found the cone in 26 of 64 runs against 19 at d = 10 (44 / 20 runs lower / higher)
+#: and in 26 of 32 against 20 at d = 8; on dev GP samples and rotated bowls in 8 to 12
+#: dimensions it was level (GP samples 233 / 214 runs lower / higher, bowls 107 / 85).
+#: It cost the median on GP
 #: samples in 4 dimensions (two sets) and on bowls in 16 and 20 (27 / 37 runs each),
 #: where 100 trials leave less room for a design, so it stops at 12, the last dimension
 #: the policy was trained on (BENCHMARKS.md, "A space-filling start in 8 to 12
