@@ -109,11 +109,10 @@ SCREEN = 32
 #: it found the cone in 26 of 64 runs against 19 at d = 10 (44 / 20 runs lower / higher)
 #: and in 26 of 32 against 20 at d = 8; on dev GP samples and rotated bowls in 8 to 12
 #: dimensions it was level (GP samples 233 / 214 runs lower / higher, bowls 107 / 85).
-#: It cost the median on GP
-#: samples in 4 dimensions (two sets) and on bowls in 16 and 20 (27 / 37 runs each),
-#: where 100 trials leave less room for a design, so it stops at 12, the last dimension
-#: the policy was trained on (BENCHMARKS.md, "A space-filling start in 8 to 12
-#: dimensions").
+#: It cost the median on GP samples in 4 dimensions (two sets) and on bowls in 16 and 20
+#: (27 / 37 runs each), where 100 trials leave less room for a design, so it stops at
+#: 12, the last dimension the policy was trained on (BENCHMARKS.md, "A space-filling
+#: start in 8 to 12 dimensions").
 SOBOL_START_DIMS = (8, 12)
 
 #: Past the training horizon the policy and the screen go on over the study's trials until
@@ -259,7 +258,7 @@ class _PolicyOptimizer(Optimizer):
 
     def _start_point(self, point: torch.Tensor, screened: torch.Tensor, history: History,
                      pending: torch.Tensor, snap: Any) -> torch.Tensor:
-        """The study's Sobol ``point`` (1, d), float64, as a start trial, unless its params repeat
+        """The study's Sobol ``point`` (1, d) as a start trial, unless its params repeat
         those of a trial handed out (integer and categorical parameters snap points to
         cells); then the screen's pick ``screened``."""
         point = point.double()
