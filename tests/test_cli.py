@@ -194,6 +194,35 @@ def test_plot(workdir):
         "Error: No such file or directory: no/such/dir/p.png"), r.output
 
 
+def _interrupt_after(cmd: list[str], name: str, db: str, complete: int) -> tuple[str, list]:
+    """Run ``cmd``, send it SIGINT once study ``name`` has ``complete`` finished trials,
+    and check that it stopped cleanly: exit status 130, no trial left pending, the
+    failed ones failed as interrupted. Returns its stderr and the study's trials."""
+    # SIGINT as at a terminal: a suite started in the background (no job control) would
+    # hand the child an ignored SIGINT, and Python then installs no Ctrl-C handler.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.2)
+        if not Path(db.removeprefix("sqlite:///")).exists():
+            continue  # not created yet (loading would make an empty file)
+        try:
+            trials = Study.load(name, db).trials
+        except Exception:  # noqa: BLE001 - the study may not exist yet
+            continue
+        if sum(t.state is TrialState.COMPLETE for t in trials) >= complete:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    trials = Study.load(name, db).trials
+    assert not [t for t in trials if t.state is TrialState.PENDING]
+    failed = [t for t in trials if t.state is TrialState.FAILED]
+    assert all(t.info["reason"] == "interrupted" for t in failed)
+    return err, trials
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_rerun_resumes(workdir):
     db = "sqlite:///s.db"
@@ -202,28 +231,8 @@ def test_ctrl_c_stops_cleanly_and_rerun_resumes(workdir):
     cmd = [sys.executable, "-m", "bbopt.cli", "tune", "obj.py:slow", "--space", "space.json",
            "--budget", "1000", "--method", "random", "--storage", db, "--study", "int",
            "--workers", "2", "--quiet"]
-    # SIGINT as at a terminal: a suite started in the background (no job control) would
-    # hand the child an ignored SIGINT, and Python then installs no Ctrl-C handler.
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        time.sleep(0.2)
-        if Path("s.db").exists():
-            try:
-                done = [t for t in Study.load("int", db).trials if t.state is TrialState.COMPLETE]
-            except Exception:  # noqa: BLE001 - the study may not exist yet
-                continue
-            if len(done) >= 3:
-                break
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    err, trials = _interrupt_after(cmd, "int", db, 3)
     assert "run the same command again to resume" in err
-    trials = Study.load("int", db).trials
-    assert not [t for t in trials if t.state is TrialState.PENDING]
-    interrupted = [t for t in trials if t.state is TrialState.FAILED]
-    assert all(t.info["reason"] == "interrupted" for t in interrupted)
     first = {t.id: t.value for t in trials if t.state is TrialState.COMPLETE}
     assert len(first) >= 3
     cmd[cmd.index("1000")] = str(len(first) + 10)
@@ -249,23 +258,8 @@ def test_ctrl_c_while_a_worker_asks_leaves_no_trial_pending(workdir):
     cmd = [sys.executable, "-m", "bbopt.cli", "tune", "slowask.py:fast", "--space", "space.json",
            "--budget", "1000", "--method", "random", "--storage", db, "--study", "a",
            "--workers", "2", "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        time.sleep(0.2)
-        try:
-            if sum(t.state is TrialState.COMPLETE for t in Study.load("a", db).trials) >= 2:
-                break
-        except Exception:  # noqa: BLE001 - not created yet
-            continue
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    trials = Study.load("a", db).trials
-    assert not [t for t in trials if t.state is TrialState.PENDING]
-    failed = [t for t in trials if t.state is TrialState.FAILED]
-    assert failed and all(t.info["reason"] == "interrupted" for t in failed)
+    _, trials = _interrupt_after(cmd, "a", db, 2)
+    assert [t for t in trials if t.state is TrialState.FAILED]  # the trial being asked
 
 
 @pytest.mark.slow
