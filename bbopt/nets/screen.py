@@ -366,8 +366,14 @@ class GPScreen:
         # (with room for rounding) can be repeats; the max-norm decides for those.
         near = r <= (1.001 * REPEAT_TOL) * inv_ls2.sum(-1).sqrt()[:, None, None]
         if _may_hold(near):
-            near &= torch.cdist(X, C, p=math.inf) <= REPEAT_TOL
+            near &= repeats(X, C)
         return score.masked_fill(near.any(1), -math.inf)
+
+
+def repeats(X: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    """Which candidates ``C`` (B, K, d) repeat which queried points ``X`` (B, n, d): a
+    (B, n, K) mask, true within ``REPEAT_TOL`` in every coordinate."""
+    return torch.cdist(X, C, p=math.inf) <= REPEAT_TOL
 
 
 def warp(Y: torch.Tensor) -> torch.Tensor:

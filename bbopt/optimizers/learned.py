@@ -79,13 +79,7 @@ import numpy as np
 import torch
 
 from bbopt.nets.policy import local_candidates, subspace_candidates, uniform_candidates
-from bbopt.nets.screen import (
-    REFINE_FRACTION,
-    REFINE_MIN_DIM,
-    REPEAT_TOL,
-    GPScreen,
-    explore_until,
-)
+from bbopt.nets.screen import REFINE_FRACTION, REFINE_MIN_DIM, GPScreen, explore_until, repeats
 from bbopt.optimizers.base import History, Optimizer, register
 from bbopt.optimizers.random import sobol_points
 
@@ -267,7 +261,7 @@ class _PolicyOptimizer(Optimizer):
         seen = torch.cat([torch.as_tensor(history.X, device=point.device),
                           torch.as_tensor(history.failed, device=point.device),
                           pending[0]]).to(point)
-        if len(seen) and bool(((seen - point).abs().amax(-1) <= REPEAT_TOL).any()):
+        if len(seen) and bool(repeats(seen[None], point[None]).any()):
             return screened
         return point
 
