@@ -29,6 +29,8 @@ def _optimizers(task: Task) -> list[dict[str, float]]:
 
 # -- synthetic ---------------------------------------------------------------------------
 BOTORCH = SUITES["synthetic"] + SUITES["synthetic-wide"]
+#: The tasks whose optimum refines botorch's rounded one (tasks/synthetic.py).
+REFINED = ("eggholder", "holder_table", "shekel", "six_hump_camel")
 
 
 @pytest.mark.parametrize("name", BOTORCH)
@@ -39,8 +41,10 @@ def test_synthetic_matches_botorch(name):
     highs = [p.high for p in task.space.params.values()]
     assert task.space.names == [f"x{i}" for i in range(f.dim)]
     assert f.bounds.tolist() == [lows, highs]
-    # botorch rounds some optima (six-hump camel: -1.0316 for -1.0316284...)
-    assert task.optimum == pytest.approx(f.optimal_value, abs=5e-5)
+    # Where botorch rounds an optimum (six-hump camel: -1.0316 for -1.0316284...) the
+    # task's is refined (REFINED); elsewhere the two agree closely.
+    assert task.optimum == pytest.approx(f.optimal_value,
+                                         abs=5e-5 if name in REFINED else 1e-5)
     assert f.noise_std is None and not f.negate
 
 
