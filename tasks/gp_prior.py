@@ -450,7 +450,7 @@ def _register_held_out() -> None:
     from bbopt.tasks.base import GP_HELD_OUT_DIMS, GP_HELD_OUT_SAMPLES, gp_task_name, register_lazy
 
     for dim in GP_HELD_OUT_DIMS:
-        for index in range(GP_HELD_OUT_SAMPLES):
+        for index in range(GP_HELD_OUT_SAMPLES[dim]):
             register_lazy(gp_task_name(dim, index), partial(_held_out, dim, index))
 
 

@@ -197,5 +197,8 @@ def test_the_wider_gp_prior_suite_is_made_on_lookup():
         dict.fromkeys(task.space.names, 0.5))
     wider = base.SUITES["gp-prior-16"]
     assert len(wider) == 48 and set(names) <= set(wider) and "gp8-15" in wider
-    with pytest.raises(ValueError, match="unknown task 'gp4-16'"):
-        get_task("gp4-16")
+    second = base.SUITES["gp4-second16"]
+    assert len(second) == 16 and not set(second) & set(wider) and "gp4-31" in second
+    for name in ("gp2-16", "gp4-32", "gp8-16"):
+        with pytest.raises(ValueError, match=f"unknown task '{name}'"):
+            get_task(name)
