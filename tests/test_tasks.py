@@ -199,6 +199,7 @@ def test_the_wider_gp_prior_suite_is_made_on_lookup():
     assert len(wider) == 48 and set(names) <= set(wider) and "gp8-15" in wider
     second = base.SUITES["gp4-second16"]
     assert len(second) == 16 and not set(second) & set(wider) and "gp4-31" in second
-    for name in ("gp2-16", "gp4-32", "gp8-16"):
+    assert "gp8-31" in base.SUITES["gp8-second16"]
+    for name in ("gp2-16", "gp4-32", "gp8-32"):
         with pytest.raises(ValueError, match=f"unknown task '{name}'"):
             get_task(name)
