@@ -50,14 +50,20 @@ _BUILTIN_MODULES = ("bbopt.tasks.synthetic", "bbopt.tasks.hpo", "bbopt.tasks.gp_
                     "bbopt.tasks.families")
 
 #: The held-out GP-prior benchmark functions (``bbopt.tasks.gp_prior``): this many
-#: samples in each of these dimensions, named by ``gp_task_name``. Sixteen each, and at
-#: d = 4 and 8 sixteen more (indices 16 to 31, the suites ``gp4-second16`` and
+#: samples in each of these dimensions, named by ``gp_task_name``, and in
+#: ``GP_SECOND_SET_DIMS`` as many more (the next indices, the suites ``gp4-second16`` and
 #: ``gp8-second16``), set on 2026-12-05 before any of them was run: there the learned
-#: and gp-ei medians over the first sixteen had been within a few tenths of each other
-#: from one change to the next, with regrets that are bimodal (d = 4) or spread, so a
-#: median moves with the draw of functions.
+#: and gp-ei medians over the first set had been within a few tenths of each other from
+#: one change to the next, with regrets that are bimodal (d = 4) or spread, so a median
+#: moves with the draw of functions.
 GP_HELD_OUT_DIMS = (2, 4, 8)
-GP_HELD_OUT_SAMPLES = {2: 16, 4: 32, 8: 32}
+GP_HELD_OUT_SAMPLES = 16
+GP_SECOND_SET_DIMS = (4, 8)
+
+
+def gp_held_out_count(dim: int) -> int:
+    """How many held-out GP-prior samples ``dim`` dimensions have (both sets)."""
+    return GP_HELD_OUT_SAMPLES * (2 if dim in GP_SECOND_SET_DIMS else 1)
 
 
 def gp_task_name(dim: int, index: int) -> str:
@@ -97,9 +103,11 @@ SUITES: dict[str, list[str]] = {
     "gp-prior-4": [gp_task_name(d, i) for d in GP_HELD_OUT_DIMS for i in range(4)],
     # Sixteen per dimension (the four above and twelve more each), set before any of the
     # twelve was run: four functions say little about a prior of functions.
-    "gp-prior-16": [gp_task_name(d, i) for d in GP_HELD_OUT_DIMS for i in range(16)],
-    "gp4-second16": [gp_task_name(4, i) for i in range(16, 32)],
-    "gp8-second16": [gp_task_name(8, i) for i in range(16, 32)],
+    "gp-prior-16": [gp_task_name(d, i) for d in GP_HELD_OUT_DIMS
+                    for i in range(GP_HELD_OUT_SAMPLES)],
+    **{f"gp{d}-second16": [gp_task_name(d, i) for i in range(GP_HELD_OUT_SAMPLES,
+                                                              gp_held_out_count(d))]
+       for d in GP_SECOND_SET_DIMS},
     "hpo": ["digits_mlp", "breast_cancer_gbm", "wine_svm"],
     # Families nothing was trained or chosen on (``bbopt.tasks.families``).
     "families": ["mixed6", "plateau4", "rastrigin5", "illcond10", "sphere20"],

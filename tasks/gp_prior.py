@@ -447,10 +447,10 @@ def _held_out(dim: int, index: int = 0) -> Any:
 def _register_held_out() -> None:
     from functools import partial
 
-    from bbopt.tasks.base import GP_HELD_OUT_DIMS, GP_HELD_OUT_SAMPLES, gp_task_name, register_lazy
+    from bbopt.tasks.base import GP_HELD_OUT_DIMS, gp_held_out_count, gp_task_name, register_lazy
 
     for dim in GP_HELD_OUT_DIMS:
-        for index in range(GP_HELD_OUT_SAMPLES[dim]):
+        for index in range(gp_held_out_count(dim)):
             register_lazy(gp_task_name(dim, index), partial(_held_out, dim, index))
 
 
