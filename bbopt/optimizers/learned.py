@@ -307,10 +307,11 @@ class _PolicyOptimizer(Optimizer):
                                                            sub)
                 if history.n_trials + i < self._sobol_start:
                     x = self._start_point(sobol[i:i + 1], x, history, pending, snap)
-                xs.append(x.double())
-                pending = torch.cat([pending, x.double().unsqueeze(1)], dim=1)
+                x = x.double()
+                xs.append(x)
+                pending = torch.cat([pending, x.unsqueeze(1)], dim=1)
             self._rs, self._proposed = proposed, True
-        return torch.cat(xs).double().clamp(0.0, 1.0).cpu().numpy()
+        return torch.cat(xs).clamp(0.0, 1.0).cpu().numpy()
 
 
 @register("learned")
