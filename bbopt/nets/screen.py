@@ -362,12 +362,13 @@ class GPScreen:
             score = torch.log(std) + log_ei((best - mean) / std)
         # A candidate at a point already queried (observed or pending) would repeat that
         # query: clipped candidates land on the same face or corner again and again. Only
-        # pairs within the scaled distance that REPEAT_TOL in every coordinate allows
-        # (with room for rounding) can be repeats; the max-norm decides for those.
-        near = r <= (1.001 * REPEAT_TOL) * inv_ls2.sum(-1).sqrt()[:, None, None]
+        # candidates within the scaled distance that REPEAT_TOL in every coordinate allows
+        # (with room for rounding) of their nearest queried point can be repeats; the
+        # max-norm decides for those.
+        near = r.amin(1) <= (1.001 * REPEAT_TOL) * inv_ls2.sum(-1).sqrt()[:, None]
         if _may_hold(near):
-            near &= repeats(X, C)
-        return score.masked_fill(near.any(1), -math.inf)
+            near &= repeats(X, C).any(1)
+        return score.masked_fill(near, -math.inf)
 
 
 def repeats(X: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
