@@ -453,7 +453,7 @@ def test_a_budget_times_the_last_episodes_exploration_margin():
     assert make_optimizer("learned", 3, 0, {"budget": 450})._refine_after(400, 200) == 230
     assert opt._refine_after(300, 200) is None
     assert make_optimizer("learned", 3, 0, {})._refine_after(0, 0) is None
-    assert make_optimizer("learned", 2, 0, {"budget": 100})._refine_after(0, 0) is None
+    assert make_optimizer("learned", 1, 0, {"budget": 100})._refine_after(0, 0) == 80
     # The screen of a study with a budget of 20 runs for 20 trials (its margin ends at
     # 12), and the option is stored with the study.
     study = bbopt.Study({"a": bbopt.Float(0, 1), "b": bbopt.Float(0, 1)}, seed=3, budget=20)

@@ -33,8 +33,8 @@ order), it replays the history from the start.
   The GP's hyperparameters move by one marginal-likelihood step per new observation,
   like the policy's recurrent state. With a budget, the last 20 trials before it (a
   fifth of the horizon, or of a shorter budget) refine: the screen picks by the GP's
-  lower confidence bound instead of EI, going down the basin found (from d = 3 on;
-  ``bbopt.nets.screen.REFINE_FRACTION``). From d = 8 on, with or without a budget,
+  lower confidence bound instead of EI, going down the basin found
+  (``bbopt.nets.screen.REFINE_FRACTION``). From d = 8 on, with or without a budget,
   every other pick from 40 trials (or the margin's end) to 100 is made that way too
   (``bbopt.nets.screen.interleaves``): there runs of a hundred trials rarely find the
   global basin, and going down the one found paid more than exploring on.
@@ -79,7 +79,7 @@ import numpy as np
 import torch
 
 from bbopt.nets.policy import local_candidates, subspace_candidates, uniform_candidates
-from bbopt.nets.screen import REFINE_FRACTION, REFINE_MIN_DIM, GPScreen, explore_until, repeats
+from bbopt.nets.screen import REFINE_FRACTION, GPScreen, explore_until, repeats
 from bbopt.optimizers.base import History, Optimizer, register
 from bbopt.optimizers.random import sobol_points
 
@@ -195,9 +195,9 @@ class _PolicyOptimizer(Optimizer):
         """Observations after which the screen of the episode that starts at trial
         ``start`` with ``carried`` earlier trials refines (``GPScreen``'s
         ``refine_after``): over the study's last ``REFINE_FRACTION`` of the horizon, or of
-        the budget when that is less, before the budget; ``None`` without a budget,
-        past it, or below ``REFINE_MIN_DIM`` dimensions."""
-        if self.budget is None or self.budget <= start or self.dim < REFINE_MIN_DIM:
+        the budget when that is less, before the budget; ``None`` without a budget or
+        past it."""
+        if self.budget is None or self.budget <= start:
             return None
         at = self.budget - REFINE_FRACTION * min(self.horizon, self.budget)
         return carried + max(at - start, 0.0)
