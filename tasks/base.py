@@ -19,16 +19,38 @@ from bbopt.space import Space
 
 @dataclass(frozen=True, eq=False)
 class Task:
-    """A named objective: ``task(params)`` is the value to minimize over ``space``."""
+    """A named objective: ``task(params)`` is the value to minimize over ``space``.
+
+    ``noise``: the standard deviation of Gaussian noise on every value a study is told
+    (``evaluate``); ``task(params)`` stays the noise-free value, which regrets measure.
+    """
 
     name: str
     space: Space
     fn: Callable[[dict[str, Any]], float]
     optimum: float | None = None  # known global minimum value, None if unknown
     description: str = ""
+    noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        if (isinstance(self.noise, bool) or not isinstance(self.noise, (int, float))
+                or not math.isfinite(self.noise) or self.noise < 0):
+            raise ValueError(f"task {self.name!r}: noise must be a finite number >= 0, "
+                             f"got {self.noise!r}")
 
     def __call__(self, params: dict[str, Any]) -> float:
         return float(self.fn(params))
+
+    def evaluate(self, params: dict[str, Any], rng: Any = None) -> tuple[float, float]:
+        """``(value, told)``: the noise-free value at ``params`` and the value a study is
+        told, ``value`` plus ``noise`` times a standard normal draw from ``rng`` (a
+        ``numpy.random.Generator``; needed when ``noise`` is not 0)."""
+        value = self(params)
+        if not self.noise:
+            return value, value
+        if rng is None:
+            raise ValueError(f"task {self.name!r} is noisy: evaluate needs an rng")
+        return value, value + self.noise * float(rng.standard_normal())
 
     def regret(self, value: float) -> float:
         """``value - optimum``, clipped at 0 (values a hair below the optimum count as 0)."""
@@ -47,7 +69,7 @@ _REGISTRY: dict[str, Task] = {}
 
 # Modules that register the built-in tasks, imported on first lookup.
 _BUILTIN_MODULES = ("bbopt.tasks.synthetic", "bbopt.tasks.hpo", "bbopt.tasks.gp_prior",
-                    "bbopt.tasks.families")
+                    "bbopt.tasks.families", "bbopt.tasks.noisy")
 
 #: The held-out GP-prior benchmark functions (``bbopt.tasks.gp_prior``): this many
 #: samples in each of these dimensions, named by ``gp_task_name``, and in
@@ -113,6 +135,9 @@ SUITES: dict[str, list[str]] = {
     "families": ["mixed6", "plateau4", "rastrigin5", "illcond10", "sphere20"],
     # Problems whose evaluations fail in places (``bbopt.tasks.families``).
     "failures": ["fail_bowl5", "fail_mixed6", "flaky_sphere4"],
+    # Held-out tasks whose values are told with noise (``bbopt.tasks.noisy``).
+    "noisy": [f"noisy-{gp_task_name(2, i)}" for i in range(8)]
+    + [f"noisy-{gp_task_name(4, i)}" for i in range(4)] + ["noisy-branin", "noisy-hartmann6"],
 }
 
 

@@ -171,3 +171,36 @@ def test_failed_evaluations_are_counted_and_tabled(monkeypatch):
     for r in runs:
         r["failed"] = 0
     assert "Failed evaluations" not in bench.to_markdown(bench.summarize(runs), "b")
+
+
+def test_a_noisy_task_is_scored_by_the_true_value_of_the_trial_told_best(monkeypatch):
+    import numpy as np
+    from bbopt.tasks import base
+
+    import bbopt.study
+    from bbopt.space import Space
+
+    base._load_builtins()  # first, or they would register in the copy below only
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    space = Space({"x": {"type": "float", "low": 0, "high": 1}})
+    true: list[float] = []
+
+    def fn(p):
+        true.append((p["x"] - 0.3) ** 2)
+        return true[-1]
+
+    base.register(base.Task("loud", space, fn, optimum=0.0, noise=0.05))
+    told: list[float] = []
+
+    class Spy(bbopt.study.Study):
+        def tell(self, trial, value=None, **kwargs):
+            told.append(value)
+            return super().tell(trial, value, **kwargs)
+
+    monkeypatch.setattr(bbopt.study, "Study", Spy)
+    r = bench.run_one(bench.RunSpec("loud", "random", 0, 30))
+    assert len(true) == len(told) == 30 and told != true
+    expect = [true[int(np.argmin(told[:i + 1]))] for i in range(30)]
+    assert r["best"] == expect and expect != list(np.minimum.accumulate(true))
+    again = (true.clear(), told.clear(), bench.run_one(bench.RunSpec("loud", "random", 0, 30)))
+    assert again[2]["best"] == expect  # the same draws for the same seed and task

@@ -114,6 +114,7 @@ def test_regret():
 
 
 def test_register_and_unknown_names(monkeypatch):
+    base._load_builtins()  # first, or they would register in the copy below only
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
     t = Task("my_task", Space({"x": {"type": "int", "low": 0, "high": 3}}), lambda p: p["x"])
     assert register(t) is t and get_task("my_task") is t
@@ -203,3 +204,30 @@ def test_the_wider_gp_prior_suite_is_made_on_lookup():
     for name in ("gp2-16", "gp4-32", "gp8-32"):
         with pytest.raises(ValueError, match=f"unknown task '{name}'"):
             get_task(name)
+
+
+# -- noisy values ------------------------------------------------------------------------
+def test_noisy_tasks_tell_noise_and_keep_the_true_value():
+    from bbopt.tasks.noisy import NOISE_FRACTION, spread
+
+    space = Space({"x": {"type": "float", "low": 0, "high": 1}})
+    quiet = Task("q", space, lambda p: p["x"])
+    assert quiet.evaluate({"x": 0.5}) == (0.5, 0.5)  # no noise, no rng needed
+    loud = Task("l", space, lambda p: p["x"], noise=0.3)
+    with pytest.raises(ValueError, match="needs an rng"):
+        loud.evaluate({"x": 0.5})
+    draws = [loud.evaluate({"x": 0.5}, np.random.default_rng(7)) for _ in range(2)]
+    assert draws[0] == draws[1] and draws[0][0] == 0.5 and draws[0][1] != 0.5
+    told = [loud.evaluate({"x": 0.5}, rng)[1] for rng in [np.random.default_rng(1)] * 4000]
+    assert np.std(told) == pytest.approx(0.3, rel=0.05)
+    for bad in (-0.1, math.nan, math.inf, True, "0.1"):
+        with pytest.raises(ValueError, match="noise must be"):
+            Task("b", space, lambda p: p["x"], noise=bad)
+    # A suite task is its base, told with a tenth of the base's spread as noise.
+    names = base.SUITES["noisy"]
+    assert {"noisy-gp2", "noisy-gp2-7", "noisy-gp4-3", "noisy-branin"} <= set(names)
+    assert set(names) <= set(task_names())
+    noisy, branin = get_task("noisy-branin"), get_task("branin")
+    assert noisy.fn is branin.fn and noisy.space is branin.space
+    assert noisy.optimum == branin.optimum and branin.noise == 0.0
+    assert noisy.noise == pytest.approx(NOISE_FRACTION * spread(branin)) and noisy.noise > 1.0
