@@ -202,5 +202,6 @@ def test_a_noisy_task_is_scored_by_the_true_value_of_the_trial_told_best(monkeyp
     assert len(true) == len(told) == 30 and told != true
     expect = [true[int(np.argmin(told[:i + 1]))] for i in range(30)]
     assert r["best"] == expect and expect != list(np.minimum.accumulate(true))
-    again = (true.clear(), told.clear(), bench.run_one(bench.RunSpec("loud", "random", 0, 30)))
-    assert again[2]["best"] == expect  # the same draws for the same seed and task
+    true.clear()
+    told.clear()  # the same draws again for the same seed and task
+    assert bench.run_one(bench.RunSpec("loud", "random", 0, 30))["best"] == expect
