@@ -360,3 +360,30 @@ def test_the_warp_compresses_the_upper_tail_only():
     gp = _observed(torch.rand(1, 7, 2, dtype=torch.float64), Y[:1])
     Ys = gp._standardized()[0]
     assert (Ys[3] - Ys[0]) / (Ys[-1] - Ys[0]) > 0.05  # unwarped: 3e-6
+
+
+def test_a_run_of_unknown_length_refines_from_60_to_100_observations_under_noise():
+    from bbopt.nets.screen import NOISY_AFTER, NOISY_THRESHOLD, noisy_refines
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(1, 101, 2, generator=g, dtype=torch.float64)
+    Y = (X - 0.3).square().sum(-1)
+    C = torch.rand(1, 50, 2, generator=g, dtype=torch.float64)
+
+    def after(n, noise, **options):
+        gp = GPScreen(1, 2, **options)
+        for i in range(n):
+            gp.add(X[:, i], Y[:, i])
+        gp.theta[:, 2] = math.log(noise)  # the noise the GP sees (read by score)
+        return gp
+
+    loud, quiet = 10 * NOISY_THRESHOLD, NOISY_THRESHOLD / 10
+    # (observations, noise, budget, in the window, scored by the bound)
+    for n, noise, budget, window, bound in [
+            (NOISY_AFTER, loud, None, True, True), (99, loud, None, True, True),
+            (NOISY_AFTER - 1, loud, None, False, False), (100, loud, None, False, False),
+            (NOISY_AFTER, quiet, None, True, False), (NOISY_AFTER, loud, 200, False, False)]:
+        assert noisy_refines(n, budget) == window
+        score = after(n, noise, budget=budget).score(C)
+        lcb = after(n, noise, budget=budget, refine_after=0).score(C)
+        assert torch.equal(score, lcb) == bound, (n, noise, budget)

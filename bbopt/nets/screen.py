@@ -17,7 +17,9 @@ Bayesian optimization's cost. The GP is kept cheap:
   margin below the best value that shrinks to zero over the first 60% of the run's queries,
   or its first 20 when their number is not known (``exploration_margin``): explore
   first, refine after; from 8 dimensions on, every other pick from 40 to 100
-  observations is made by the lower confidence bound instead (``interleaves``).
+  observations is made by the lower confidence bound instead (``interleaves``), and so
+  is every pick from 60 to 100 in a run of unknown length whose GP sees noise
+  (``noisy_refines``).
 
 Everything is batched over runs. The state after ``n`` observations depends only on them
 and their order, not on when it was asked, so a replayed history gives the same screen.
@@ -107,6 +109,20 @@ REFINE_KAPPA = 1.0
 INTERLEAVE_MIN_DIM = 8
 INTERLEAVE_AFTER = 40
 INTERLEAVE_UNTIL = 100
+#: Refinement under noise without a budget: when a run's end is not known, from
+#: ``NOISY_AFTER`` observations until ``INTERLEAVE_UNTIL`` a run whose GP's noise
+#: variance (of the warped, standardized values) exceeds ``NOISY_THRESHOLD`` picks by
+#: the refining phase's lower confidence bound (``noisy_refines``), as a run told its
+#: budget does over its last 20%. Noisy values (or ripples the GP cannot follow, which
+#: it takes for noise) make EI's late picks spread and the lowest value told a lucky
+#: one; going down the basin found puts the trial reported best where the mean is low.
+#: On noise-free GP samples the fitted variance falls below 1e-4 by 50 observations
+#: (noisy runs stay above 3e-3), so there it rarely acts. Chosen on dev functions
+#: (BENCHMARKS.md, "Refining under noise without a budget"): noisy 2-D GP samples 30 / 16
+#: runs lower / higher, rippled cones 30 / 1 (d = 2) and 28 / 3 (d = 4), noise-free GP
+#: samples 0 / 0 (d = 2) and 5 / 1 (d = 4).
+NOISY_THRESHOLD = 1e-3
+NOISY_AFTER = 60
 #: Failed evaluations (``GPScreen.set_failed``) enter the screen's GP as pessimistic
 #: believers: observed at the successes' posterior mean plus ``FAIL_KAPPA`` times the
 #: posterior standard deviation there (of the warped, standardized values, ``warp``), or
@@ -170,6 +186,12 @@ def interleaves(n: int, dim: int, budget: int | None = None) -> bool:
     until ``INTERLEAVE_UNTIL``."""
     return (dim >= INTERLEAVE_MIN_DIM and n % 2 == 0
             and max(INTERLEAVE_AFTER, explore_until(budget)) <= n < INTERLEAVE_UNTIL)
+
+
+def noisy_refines(n: int, budget: int | None) -> bool:
+    """Whether a run of unknown length (``budget`` None) picks its ``n + 1``-th query by
+    the lower confidence bound when its GP sees noise (``NOISY_THRESHOLD``)."""
+    return budget is None and NOISY_AFTER <= n < INTERLEAVE_UNTIL
 
 
 def exploration_margin(n: int, budget: int | None = None) -> float:
@@ -338,7 +360,8 @@ class GPScreen:
         as pessimistic ones (``FAIL_KAPPA``); needs two observations or more: log
         expected improvement, counted from ``exploration_margin(n, budget)`` below the
         best value, and from ``refine_after`` observations on, or when ``interleaves(n,
-        dim, budget)``, the negated lower confidence bound ``REFINE_KAPPA * std - mean``.
+        dim, budget)``, or in a run whose GP sees noise when ``noisy_refines(n,
+        budget)``, the negated lower confidence bound ``REFINE_KAPPA * std - mean``.
         A candidate within ``REPEAT_TOL`` of a queried point (observed, failed or
         pending) in every coordinate scores -inf."""
         if C.dim() != 3 or C.shape[0] != self.batch or C.shape[2] != self.dim:
@@ -364,6 +387,9 @@ class GPScreen:
             score = REFINE_KAPPA * std - mean  # the lower confidence bound, negated
         else:
             score = torch.log(std) + log_ei((best - mean) / std)
+            if noisy_refines(self.n, self.budget):  # per run: those whose GP sees noise
+                noisy = self.theta[:, self.dim].exp() > NOISY_THRESHOLD
+                score = torch.where(noisy[:, None], REFINE_KAPPA * std - mean, score)
         # A candidate at a point already queried (observed or pending) would repeat that
         # query: clipped candidates land on the same face or corner again and again. Only
         # candidates within the scaled distance that REPEAT_TOL in every coordinate allows
