@@ -362,7 +362,7 @@ def test_the_warp_compresses_the_upper_tail_only():
     assert (Ys[3] - Ys[0]) / (Ys[-1] - Ys[0]) > 0.05  # unwarped: 3e-6
 
 
-def test_a_run_of_unknown_length_refines_from_60_to_100_observations_under_noise():
+def test_a_low_dimensional_run_of_unknown_length_refines_from_60_to_100_under_noise():
     from bbopt.nets.screen import NOISY_AFTER, NOISY_THRESHOLD, noisy_refines
 
     g = torch.Generator().manual_seed(0)
@@ -383,7 +383,15 @@ def test_a_run_of_unknown_length_refines_from_60_to_100_observations_under_noise
             (NOISY_AFTER, loud, None, True, True), (99, loud, None, True, True),
             (NOISY_AFTER - 1, loud, None, False, False), (100, loud, None, False, False),
             (NOISY_AFTER, quiet, None, True, False), (NOISY_AFTER, loud, 200, False, False)]:
-        assert noisy_refines(n, budget) == window
+        assert noisy_refines(n, 2, budget) == window and not noisy_refines(n, 3, budget)
         score = after(n, noise, budget=budget).score(C)
         lcb = after(n, noise, budget=budget, refine_after=0).score(C)
         assert torch.equal(score, lcb) == bound, (n, noise, budget)
+    # From 3 dimensions on, EI goes on.
+    X3, C3 = torch.rand(1, NOISY_AFTER, 3, generator=g, dtype=torch.float64), C[..., [0, 1, 0]]
+    gp, lcb = GPScreen(1, 3), GPScreen(1, 3, refine_after=0)
+    for i in range(NOISY_AFTER):
+        for s in (gp, lcb):
+            s.add(X3[:, i], X3[:, i].sum(-1))
+    gp.theta[:, 3] = lcb.theta[:, 3] = math.log(loud)
+    assert not torch.equal(gp.score(C3), lcb.score(C3))
