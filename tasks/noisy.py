@@ -20,7 +20,8 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-import torch
+
+from bbopt.optimizers.random import sobol_points
 
 #: The noise's standard deviation, in units of a task's spread over its space.
 NOISE_FRACTION = 0.1
@@ -31,8 +32,7 @@ NOISY_PREFIX = "noisy-"
 def spread(task: Any, n: int = 1024) -> float:
     """The standard deviation of ``task``'s values at the first ``n`` points of the
     scrambled Sobol sequence (seed 0) over its space."""
-    cube = torch.quasirandom.SobolEngine(task.space.dim, scramble=True, seed=0).draw(
-        n, dtype=torch.float64).numpy()
+    cube = sobol_points(task.space.dim, 0, 0, n)
     return float(np.std([task(task.space.decode(x)) for x in cube]))
 
 
