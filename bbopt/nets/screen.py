@@ -18,8 +18,8 @@ Bayesian optimization's cost. The GP is kept cheap:
   or its first 20 when their number is not known (``exploration_margin``): explore
   first, refine after; from 8 dimensions on, every other pick from 40 to 100
   observations is made by the lower confidence bound instead (``interleaves``), and so
-  is, in 1 and 2 dimensions, every pick from 60 to 100 in a run of unknown length whose
-  GP sees noise (``noisy_refines``).
+  is every pick from 60 (in 1 and 2 dimensions) or 80 (above) to 100 in a run of
+  unknown length whose GP sees noise (``noisy_refines``).
 
 Everything is batched over runs. The state after ``n`` observations depends only on them
 and their order, not on when it was asked, so a replayed history gives the same screen.
@@ -109,23 +109,26 @@ REFINE_KAPPA = 1.0
 INTERLEAVE_MIN_DIM = 8
 INTERLEAVE_AFTER = 40
 INTERLEAVE_UNTIL = 100
-#: Refinement under noise without a budget: in up to ``NOISY_MAX_DIM`` dimensions, when a
-#: run's end is not known, from ``NOISY_AFTER`` observations until ``INTERLEAVE_UNTIL`` a
-#: run whose GP's noise variance (of the warped, standardized values) exceeds
-#: ``NOISY_THRESHOLD`` picks by the refining phase's lower confidence bound
-#: (``noisy_refines``), as a run told its budget does over its last 20%. Noisy values (or
-#: ripples the GP cannot follow, which it takes for noise) make EI's late picks spread
-#: and the lowest value told a lucky one; going down the basin found puts the trial
-#: reported best where the mean is low. On noise-free GP samples the fitted variance
-#: falls below 1e-4 by 50 observations (noisy runs stay above 3e-3), so there it rarely
-#: acts. On dev functions (BENCHMARKS.md, "Refining under noise without a budget"): noisy
-#: 2-D GP samples 30 / 16 runs lower / higher, rippled cones 30 / 1 (d = 2); but on noisy
-#: 4-D samples the median rose (-1.16 -> -0.84, and -0.46 -> -0.09 with more noise; at
-#: 60 of 100 trials the search for a better basin still pays there), as it had on the
-#: held-out noisy 4-D samples, which were run first; so it stops at 2 dimensions.
+#: Refinement under noise without a budget: when a run's end is not known, from
+#: ``NOISY_AFTER[0]`` observations in up to ``NOISY_EARLY_MAX_DIM`` dimensions, and from
+#: ``NOISY_AFTER[1]`` above, until ``INTERLEAVE_UNTIL``, a run whose GP's noise variance (of
+#: the warped, standardized values) exceeds ``NOISY_THRESHOLD`` picks by the refining
+#: phase's lower confidence bound (``noisy_refines``), as a run told its budget does over
+#: its last 20%. Noisy values (or ripples the GP cannot follow, which it takes for noise)
+#: make EI's late picks spread and the lowest value told a lucky one; going down the
+#: basin found puts the trial reported best where the mean is low. On noise-free GP
+#: samples the fitted variance falls below 1e-4 by 50 observations (noisy runs stay above
+#: 3e-3), so there it rarely acts. On dev functions (BENCHMARKS.md, "Refining under noise
+#: without a budget"): noisy 2-D GP samples 30 / 16 runs lower / higher, rippled cones
+#: 30 / 1 (d = 2); but from 60 on, noisy 4-D samples ended higher in median (-1.16 ->
+#: -0.84; the search for a better basin still pays there at 60 of 100 trials), and from
+#: 80 in 3 to 8 dimensions they ended lower (d = 3 128 / 57 runs, d = 4 124 / 73 and 107 /
+#: 67 with more noise, d = 8 58 / 41; rippled cones d = 4 49 / 9, d = 8 20 / 11), while
+#: in 2 dimensions 80 was level with 60 (87 / 90; BENCHMARKS.md, "Refining under noise
+#: from 80 trials in 3 dimensions and more").
 NOISY_THRESHOLD = 1e-3
-NOISY_AFTER = 60
-NOISY_MAX_DIM = 2
+NOISY_AFTER = (60, 80)
+NOISY_EARLY_MAX_DIM = 2
 #: Failed evaluations (``GPScreen.set_failed``) enter the screen's GP as pessimistic
 #: believers: observed at the successes' posterior mean plus ``FAIL_KAPPA`` times the
 #: posterior standard deviation there (of the warped, standardized values, ``warp``), or
@@ -194,9 +197,9 @@ def interleaves(n: int, dim: int, budget: int | None = None) -> bool:
 def noisy_refines(n: int, dim: int, budget: int | None) -> bool:
     """Whether a run of unknown length (``budget`` None) in ``dim`` dimensions picks its
     ``n + 1``-th query by the lower confidence bound when its GP sees noise
-    (``NOISY_THRESHOLD``)."""
-    return (budget is None and dim <= NOISY_MAX_DIM
-            and NOISY_AFTER <= n < INTERLEAVE_UNTIL)
+    (``NOISY_THRESHOLD``): from ``NOISY_AFTER`` (by dimension) to ``INTERLEAVE_UNTIL``."""
+    after = NOISY_AFTER[0] if dim <= NOISY_EARLY_MAX_DIM else NOISY_AFTER[1]
+    return budget is None and after <= n < INTERLEAVE_UNTIL
 
 
 def exploration_margin(n: int, budget: int | None = None) -> float:

@@ -38,9 +38,10 @@ order), it replays the history from the start.
   every other pick from 40 trials (or the margin's end) to 100 is made that way too
   (``bbopt.nets.screen.interleaves``): there runs of a hundred trials rarely find the
   global basin, and going down the one found paid more than exploring on. Without a
-  budget, in 1 and 2 dimensions, every pick from 60 trials to 100 is made that way too
-  when the screen's GP sees noise (``bbopt.nets.screen.noisy_refines``), so that the
-  trial reported best is not a lucky draw.
+  budget, every pick from 60 trials (in 1 and 2 dimensions; from 80 above) to 100 is
+  made that way too when the screen's GP sees noise
+  (``bbopt.nets.screen.noisy_refines``), so that the trial reported best is not a lucky
+  draw.
 * A space-filling start: in 8 to 12 dimensions (``SOBOL_START_DIMS``), a study's
   first ``dim + 1`` trials are its scrambled Sobol points, which the policy and the
   screen then observe like any trials; there the screen's own first picks search along
