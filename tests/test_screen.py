@@ -238,7 +238,7 @@ def test_under_noise_local_search_centres_on_the_lowest_posterior_mean():
     """A lucky draw (a low value told in a high region) is the lowest value but not the
     incumbent of a run whose GP sees noise: that is the observed point with the lowest
     posterior mean, and the policy's draws and the local candidates centre on it."""
-    from bbopt.nets.screen import INCUMBENT_AFTER, NOISY_THRESHOLD
+    from bbopt.nets.screen import INCUMBENT_AFTER, INCUMBENT_MAX_DIM, NOISY_THRESHOLD
 
     g = torch.Generator().manual_seed(1)
     d, n = 2, 30
@@ -264,6 +264,9 @@ def test_under_noise_local_search_centres_on_the_lowest_posterior_mean():
     few = _observed(X[:, :INCUMBENT_AFTER - 1], Y[:, :INCUMBENT_AFTER - 1])
     few.theta[:, d] = math.log(10 * NOISY_THRESHOLD)
     assert few.incumbent(best_x) is best_x
+    wide = _observed(X[..., [0, 1, 0, 1, 0]], Y)  # above INCUMBENT_MAX_DIM
+    wide.theta[:, 5] = math.log(10 * NOISY_THRESHOLD)
+    assert INCUMBENT_MAX_DIM < 5 and wide.incumbent(best_x) is best_x
     # The policy's candidates around the incumbent are around the centre.
     policy = BBOPolicy("lstm", hidden=8, layers=1)
     rs = policy.init(2, d)
