@@ -234,55 +234,6 @@ def test_subspace_candidates_redraw_a_few_of_the_incumbents_coordinates():
         policy.propose_screened(rs, gp, u, z, uniform, subspace=torch.rand(2, k + 1, d))
 
 
-def test_under_noise_local_search_centres_on_the_lowest_posterior_mean():
-    """A lucky draw (a low value told in a high region) is the lowest value but not the
-    incumbent of a run whose GP sees noise: that is the observed point with the lowest
-    posterior mean, and the policy's draws and the local candidates centre on it."""
-    from bbopt.nets.screen import INCUMBENT_AFTER, INCUMBENT_MAX_DIM, NOISY_THRESHOLD
-
-    g = torch.Generator().manual_seed(1)
-    d, n = 2, 30
-    X = torch.rand(2, n, d, generator=g, dtype=torch.float64)
-    Y = (X - 0.3).square().sum(-1)
-    X[:, -1] = torch.tensor([0.9, 0.9], dtype=torch.float64)
-    Y[:, -1] = Y[:, :-1].min(1).values - 0.05  # told lowest, far up the bowl
-    gp = _observed(X, Y)
-    best_x = X[:, -1].float()
-    gp.theta[:, d] = torch.tensor([math.log(10 * NOISY_THRESHOLD),  # sees noise
-                                   math.log(NOISY_THRESHOLD / 10)], dtype=torch.float64)
-    center = gp.incumbent(best_x)
-    assert center.dtype == best_x.dtype and torch.equal(center[1], best_x[1])
-    _, _, L, alpha, _ = gp._fit
-    mean, _ = gp._posterior(L, alpha, torch.cdist(X * gp._fit[1].sqrt()[:, None],
-                                                  X * gp._fit[1].sqrt()[:, None]))
-    assert torch.equal(center[0], X[0, mean[0].argmin()].float())
-    assert (center[0] - 0.3).abs().max() < 0.3  # down the bowl, not the lucky corner
-    # Noise-free runs, and runs of fewer observations, keep the lowest value's point.
-    gp.theta[:, d] = math.log(NOISY_THRESHOLD / 10)
-    assert gp.incumbent(best_x) is best_x
-    gp.theta[:, d] = math.log(10 * NOISY_THRESHOLD)
-    few = _observed(X[:, :INCUMBENT_AFTER - 1], Y[:, :INCUMBENT_AFTER - 1])
-    few.theta[:, d] = math.log(10 * NOISY_THRESHOLD)
-    assert few.incumbent(best_x) is best_x
-    wide = _observed(X[..., [0, 1, 0, 1, 0]], Y)  # above INCUMBENT_MAX_DIM
-    wide.theta[:, 5] = math.log(10 * NOISY_THRESHOLD)
-    assert INCUMBENT_MAX_DIM < 5 and wide.incumbent(best_x) is best_x
-    # The policy's candidates around the incumbent are around the centre.
-    policy = BBOPolicy("lstm", hidden=8, layers=1)
-    rs = policy.init(2, d)
-    for i in range(n):
-        rs = policy.observe(rs, X[:, i].float(), Y[:, i].float())
-    assert torch.equal(rs.best_x, best_x)
-    seen = []
-    gp.score = lambda C, pending=None: seen.append(C) or torch.zeros(C.shape[:2])
-    k = 4
-    u, z, uniform = (torch.rand(2, k, d, generator=g), torch.randn(2, k, d, generator=g),
-                     torch.rand(2, k, d, generator=g))
-    _, after = policy.propose_screened(rs, gp, u, z, uniform, torch.zeros(2, 6, d))
-    assert torch.equal(seen[0][:, -6:], gp.incumbent(best_x).unsqueeze(1).expand(2, 6, d))
-    assert torch.equal(after.best_x, best_x)  # the state keeps the lowest value's point
-
-
 def test_steps_skipped_on_the_cpu_would_change_nothing(monkeypatch):
     """The far-tail log-EI and the repeat test run on the CPU only when some entry needs
     them, on an accelerator always (no device sync): both ways must score alike."""

@@ -236,16 +236,8 @@ class BBOPolicy(nn.Module):
         encode to (``Space.snap``, for integer and categorical parameters) before they
         are scored, so the screen sees what would be evaluated and never repeats a
         query. With fewer than two observations the policy's first draw is the query.
-        Under noise the draws and the candidates around the incumbent centre on the
-        screen's ``incumbent`` instead of ``rs.best_x``.
         Gradients flow through the chosen draw (without ``snap``)."""
-        best_x, center = rs.best_x, gp.incumbent(rs.best_x)
-        if center is best_x:
-            x, rs = self.propose(rs, u, z)
-        else:
-            x, rs = self.propose(replace(rs, best_x=center), u, z)
-            rs = replace(rs, best_x=best_x)
-        incumbent = center.detach().unsqueeze(1)
+        x, rs = self.propose(rs, u, z)
         if gp.n < 2:
             return x[:, 0], rs
         uniform = uniform.to(x.dtype)
@@ -256,12 +248,13 @@ class BBOPolicy(nn.Module):
                                  f"({rs.batch}, m <= {uniform.shape[1]}, {d})")
             redrawn = 1 + torch.arange(m, device=x.device) % min(d, SUBSPACE_MAX)
             mask = subspace.argsort(-1).argsort(-1) < redrawn[:, None]  # (B, m, d)
+            incumbent = rs.best_x.detach().unsqueeze(1)
             uniform = torch.cat([torch.where(mask, uniform[:, :m], incumbent),
                                  uniform[:, m:]], dim=1)
         cands = [x, uniform]
         if local is not None and local.shape[1]:
             scales = _local_scales(local.shape[1], x.dtype, x.device)
-            cands.append((incumbent
+            cands.append((rs.best_x.detach().unsqueeze(1)
                           + scales[:, None] * local.to(x.dtype)).clamp(0.0, 1.0))
         cands = torch.cat(cands, dim=1)
         if snap is not None:

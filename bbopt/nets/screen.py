@@ -129,19 +129,6 @@ INTERLEAVE_UNTIL = 100
 NOISY_THRESHOLD = 1e-3
 NOISY_AFTER = (60, 80)
 NOISY_EARLY_MAX_DIM = 2
-#: The incumbent under noise (``GPScreen.incumbent``): in up to ``INCUMBENT_MAX_DIM``
-#: dimensions, from ``INCUMBENT_AFTER`` observations on, in a run whose GP's noise
-#: variance exceeds ``NOISY_THRESHOLD``, the policy's draws and the local and subspace
-#: candidates centre on the observed point where the GP's posterior mean is lowest, not
-#: on the one with the lowest value told, which under noise is often a lucky draw. On dev
-#: noisy GP samples (BENCHMARKS.md, "The incumbent under noise"): d = 2 without a budget
-#: 131 / 109 runs lower / higher at the trial reported best, d = 4 145 / 105, told a
-#: budget 134 / 109; noise-free samples level (d = 4 48 / 42, d = 2 told 17 / 11: early
-#: in a run the GP's noise is still above the threshold), rippled cones a little worse
-#: (d = 4 23 / 36, 0.44 -> 0.45). On noise-free 8-D samples, whose GP sees misfit as
-#: noise for longer, it cost the median (0.080 -> 0.111, 14 / 19), hence the bound.
-INCUMBENT_AFTER = 10
-INCUMBENT_MAX_DIM = 4
 #: Failed evaluations (``GPScreen.set_failed``) enter the screen's GP as pessimistic
 #: believers: observed at the successes' posterior mean plus ``FAIL_KAPPA`` times the
 #: posterior standard deviation there (of the warped, standardized values, ``warp``), or
@@ -290,23 +277,6 @@ class GPScreen:
             raise ValueError(f"failed points of shape {tuple(x.shape)} do not fit "
                              f"({self.batch}, f, {self.dim})")
         self.failed = x
-
-    def incumbent(self, best_x: torch.Tensor) -> torch.Tensor:
-        """Where local search centres (B, d): ``best_x``, the observed point with the lowest
-        value, but in up to ``INCUMBENT_MAX_DIM`` dimensions, in runs whose GP sees noise
-        (``NOISY_THRESHOLD``), once there are ``INCUMBENT_AFTER`` observations, the
-        observed point with the lowest posterior mean. The mean at the observations is
-        ``y - s a`` with ``s`` the noise variance on the factorized diagonal and
-        ``a = (K + s I)^-1 y``."""
-        if self.dim > INCUMBENT_MAX_DIM or self.n < INCUMBENT_AFTER or self._fit is None:
-            return best_x
-        noisy = self.theta[:, self.dim].exp() > NOISY_THRESHOLD
-        if not _may_hold(noisy):
-            return best_x
-        theta, _, _, alpha, Ys = self._fit
-        mean = Ys - (theta[:, self.dim].exp() + JITTER)[:, None] * alpha
-        at = self.X[torch.arange(self.batch, device=mean.device), mean.argmin(1)]
-        return torch.where(noisy[:, None], at.to(best_x.dtype), best_x)
 
     def _standardized(self) -> torch.Tensor:
         """The values as the GP sees them: warped (``warp``), then standardized."""
