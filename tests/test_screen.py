@@ -381,7 +381,7 @@ def test_a_run_of_unknown_length_refines_under_noise_from_60_or_80_to_100():
         X = torch.rand(1, 101, d, generator=g, dtype=torch.float64)
         Y = (X - 0.3).square().sum(-1)
         C = torch.rand(1, 50, d, generator=g, dtype=torch.float64)
-
+        assert noisy_refines(start, d, None) and not noisy_refines(start - 1, d, None)
         # (observations, noise, budget, in the window, scored by the bound); at d = 8 the
         # odd counts, which interleaving leaves to EI
         for n, noise, budget, window, bound in [
@@ -389,7 +389,6 @@ def test_a_run_of_unknown_length_refines_under_noise_from_60_or_80_to_100():
                 (start - 1, loud, None, False, False), (101, loud, None, False, False),
                 (start + 1, quiet, None, True, False), (start + 1, loud, 200, False, False)]:
             assert noisy_refines(n, d, budget) == window, (d, n, budget)
-            assert noisy_refines(start, d, None) and not noisy_refines(start - 1, d, None)
             score = after(X, Y, n, noise, budget=budget).score(C)
             lcb = after(X, Y, n, noise, budget=budget, refine_after=0).score(C)
             assert torch.equal(score, lcb) == bound, (d, n, noise, budget)
