@@ -392,3 +392,80 @@ def test_a_run_of_unknown_length_refines_under_noise_from_60_or_80_to_100():
             score = after(X, Y, n, noise, budget=budget).score(C)
             lcb = after(X, Y, n, noise, budget=budget, refine_after=0).score(C)
             assert torch.equal(score, lcb) == bound, (d, n, noise, budget)
+
+
+def test_the_mean_gradient_is_exact_and_descent_steps_go_down_the_mean():
+    from bbopt.nets.screen import DESCENT_STEPS
+
+    g = torch.Generator().manual_seed(4)
+    B, n, d = 2, 25, 4
+    X = torch.rand(B, n, d, generator=g, dtype=torch.float64)
+    gp = _observed(X, (X - 0.3).square().sum(-1) + 0.1 * torch.sin(9 * X).sum(-1))
+    P = torch.rand(B, 3, d, generator=g, dtype=torch.float64)
+    _, inv_ls2, _, alpha, _ = gp._fit
+
+    def mean(Q: torch.Tensor) -> torch.Tensor:  # autograd through the written-out kernel
+        r = ((X.unsqueeze(2) - Q.unsqueeze(1)).square() * inv_ls2[:, None, None]).sum(-1).sqrt()
+        s = math.sqrt(5) * r
+        return (alpha.unsqueeze(-1) * (1 + s + s * s / 3) * torch.exp(-s)).sum(1)
+
+    Q = P.clone().requires_grad_()
+    want = torch.autograd.grad(mean(Q).sum(), Q)[0]
+    assert torch.allclose(gp.mean_gradient(P), want, rtol=1e-8, atol=1e-10)
+
+    D = gp.descent(P).view(B, 3, len(DESCENT_STEPS), d)
+    assert ((D >= 0) & (D <= 1)).all()
+    # unclipped steps are DESCENT_STEPS lengthscales long, along minus the gradient
+    ls = inv_ls2.rsqrt()[:, None, None]
+    inside = ((D > 0) & (D < 1)).all(-1)
+    length = ((D - P.unsqueeze(2)) / ls).norm(dim=-1)
+    steps = torch.tensor(DESCENT_STEPS, dtype=torch.float64).expand_as(length)
+    assert inside.any() and torch.allclose(length[inside], steps[inside])
+    assert (mean(D[:, :, 0]) < mean(P)).all()  # the shortest step lowers the mean
+
+
+def test_the_screen_picks_steps_down_its_mean_from_three_dimensions_on():
+    """From DESCENT_MIN_DIM on, the pick may be a step down the GP's mean from the
+    incumbent or the best-scored candidates, when it scores higher than every random
+    candidate; below, it is always one of the candidates."""
+    from bbopt.nets.screen import DESCENT_MIN_DIM
+
+    policy = BBOPolicy("lstm", hidden=8, layers=1)
+    for d in (DESCENT_MIN_DIM - 1, DESCENT_MIN_DIM, 6):
+        g = torch.Generator().manual_seed(d)
+        gp, rs = GPScreen(1, d, refine_after=0), policy.init(1, d)
+        for _ in range(30):  # a bowl, scored by the lower confidence bound
+            x = torch.rand(1, d, generator=g)
+            y = (x - 0.4).square().sum(-1)
+            rs = policy.observe(rs, x, y)
+            gp.add(x, y)
+        u, z, uniform = (torch.rand(1, 4, d, generator=g), torch.randn(1, 4, d, generator=g),
+                         torch.rand(1, 8, d, generator=g))
+        cands = torch.cat([policy.propose(rs, u, z)[0], uniform], 1)
+        x, _ = policy.propose_screened(rs, gp, u, z, uniform)
+        gap = (cands - x.unsqueeze(1)).abs().amax(-1).min()
+        if d < DESCENT_MIN_DIM:
+            assert gap == 0
+        else:
+            assert gap > 1e-3
+            assert gp.score(x.unsqueeze(1)).item() > gp.score(cands).max().item()
+
+
+def test_a_second_round_of_candidates_reuses_the_believers(monkeypatch):
+    g = torch.Generator().manual_seed(5)
+    X, Y = torch.rand(1, 15, 3, generator=g, dtype=torch.float64), torch.rand(1, 15, generator=g)
+    gp, fresh = _observed(X, Y), _observed(X, Y)
+    for s in (gp, fresh):
+        s.set_failed(torch.rand(1, 2, 3, generator=torch.Generator().manual_seed(6)))
+    pending = torch.rand(1, 2, 3, generator=g, dtype=torch.float64)
+    C1, C2 = (torch.rand(1, 9, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    calls = []
+    believe = GPScreen._believe
+    monkeypatch.setattr(GPScreen, "_believe", lambda self, *a, **k: calls.append(1)
+                        or believe(self, *a, **k))
+    first, second = gp.score(C1, pending), gp.score(C2, pending)
+    assert len(calls) == 2  # the failed points and the pending ones, once
+    assert torch.equal(first, fresh.score(C1, pending))
+    assert torch.equal(second, fresh.score(C2, pending))
+    gp.score(C2, pending.clone())  # other pending points: conditioned again
+    assert len(calls) == 6
