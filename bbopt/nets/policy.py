@@ -27,9 +27,7 @@ of values:
   redrawn uniformly, and perturbations of the incumbent at scales down to 1e-6 as extra
   candidates. The perturbations are clipped to the cube rather than reflected, so an
   optimum on a face or corner of the search space (common for smooth functions) can be
-  reached exactly. From three dimensions on, a second round scores steps down the GP's
-  posterior mean from the incumbent and the first round's best candidates
-  (``GPScreen.descent``). The shipped optimizers propose this way; meta-training samples
+  reached exactly. The shipped optimizers propose this way; meta-training samples
   single draws (``rollout(..., screen=K)`` evaluates, and could train, the screened
   policy).
 
@@ -49,7 +47,7 @@ import torch
 from torch import nn
 
 from bbopt.nets.base import RecurrentCore, State
-from bbopt.nets.screen import DESCENT_FROM, DESCENT_MIN_DIM, LOCAL_SCALES, GPScreen
+from bbopt.nets.screen import LOCAL_SCALES, GPScreen
 
 ELITE_FRACTION = 0.2
 #: Subspace candidates (``subspace_candidates``) redraw at most this many of the
@@ -237,11 +235,8 @@ class BBOPolicy(nn.Module):
         queries awaiting values. ``snap`` maps candidates to the points their params
         encode to (``Space.snap``, for integer and categorical parameters) before they
         are scored, so the screen sees what would be evaluated and never repeats a
-        query. From ``DESCENT_MIN_DIM`` dimensions on, steps down the GP's posterior
-        mean from the incumbent and from the ``DESCENT_FROM`` best-scored candidates
-        (``GPScreen.descent``) are scored too, in a second round. With fewer than two
-        observations the policy's first draw is the query. Gradients flow through the
-        chosen draw (without ``snap``)."""
+        query. With fewer than two observations the policy's first draw is the query.
+        Gradients flow through the chosen draw (without ``snap``)."""
         x, rs = self.propose(rs, u, z)
         if gp.n < 2:
             return x[:, 0], rs
@@ -264,17 +259,8 @@ class BBOPolicy(nn.Module):
         cands = torch.cat(cands, dim=1)
         if snap is not None:
             cands = snap(cands)
-        scores = gp.score(cands, pending)
-        if rs.dim >= DESCENT_MIN_DIM:  # then steps down the GP's mean from the best
-            rows = torch.arange(rs.batch, device=x.device)[:, None]
-            top = scores.topk(min(DESCENT_FROM, scores.shape[1]), dim=1).indices
-            incumbent = gp.X[rows, gp.Y.argmin(1, keepdim=True)]
-            down = gp.descent(torch.cat([incumbent, cands[rows, top].to(incumbent)], 1))
-            if snap is not None:
-                down = snap(down)
-            cands = torch.cat([cands, down.to(cands)], dim=1)
-            scores = torch.cat([scores, gp.score(down, pending)], dim=1)
-        return cands[torch.arange(rs.batch, device=x.device), scores.argmax(dim=1)], rs
+        pick = gp.score(cands, pending).argmax(dim=1)
+        return cands[torch.arange(rs.batch, device=x.device), pick], rs
 
 
 @functools.lru_cache(maxsize=64)

@@ -13,11 +13,9 @@ Bayesian optimization's cost. The GP is kept cheap:
   Cholesky factorization per step, Adam's moments carried from one observation to the
   next), so they track the data as it grows; the last step's factorization scores the
   candidates;
-* EI evaluated only at the candidates (no acquisition optimization; from 3 dimensions
-  on, a second round of candidates steps down the posterior mean, ``descent``), measured
-  from a margin below the best value that shrinks to zero over the first 60% of the
-  run's queries, or its first 20 when their number is not known
-  (``exploration_margin``): explore
+* EI evaluated only at the candidates (no acquisition optimization), measured from a
+  margin below the best value that shrinks to zero over the first 60% of the run's queries,
+  or its first 20 when their number is not known (``exploration_margin``): explore
   first, refine after; from 8 dimensions on, every other pick from 40 to 100
   observations is made by the lower confidence bound instead (``interleaves``), and so
   is every pick from 60 (in 1 and 2 dimensions) or 80 (above) to 100 in a run of
@@ -62,23 +60,6 @@ JITTER = 1e-6
 #: standard deviations (unit-cube units), clipped to the cube, which let the screen
 #: refine the incumbent far below the policy's step sizes once the GP is confident.
 LOCAL_SCALES = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
-#: Descent candidates (``GPScreen.descent``): from ``DESCENT_MIN_DIM`` dimensions on, the
-#: screen also scores steps down its posterior mean from the incumbent and from its
-#: ``DESCENT_FROM`` best-scored candidates, along the mean's steepest descent in
-#: lengthscale units, ``DESCENT_STEPS`` lengthscales long. The other candidates are
-#: random: in 4 dimensions and more none of them is likely to lie close to the peak of
-#: EI near a promising point, nor along a trend across the cube, where Bayesian
-#: optimization's acquisition search goes. On dev functions (told a budget of 100
-#: unless said): GP samples d = 3 68 / 52 runs lower / higher, d = 4 69 / 55 and 67 / 59
-#: on two sets (share below 0.1 0.66 -> 0.70 and 0.55 -> 0.56; default settings 67 /
-#: 57), d = 8 67 / 61, d = 12 33 / 31; rotated bowls d = 8 36 / 28, d = 20 37 / 27;
-#: noisy 4-D samples 105 / 87 told and 112 / 80 with default settings. Stepping from the
-#: incumbent alone was level at d = 4 (61 / 62, 70 / 56), and in 2 dimensions, where
-#: runs reach 1e-8, the steps were level too (53 / 58), so they start at 3
-#: (BENCHMARKS.md, "Descent candidates").
-DESCENT_MIN_DIM = 3
-DESCENT_FROM = 3
-DESCENT_STEPS = (0.03, 0.1, 0.3, 1.0, 3.0)
 #: Exploration margin: early in a run, EI counts improvement over the best standardized
 #: value minus ``EXPLORE_MARGIN``, a margin that shrinks linearly to zero at
 #: ``EXPLORE_FRACTION`` of the run's budget of queries, or at ``EXPLORE_UNTIL_UNKNOWN``
@@ -262,7 +243,6 @@ class GPScreen:
         # scores candidates.
         self._fit: tuple[torch.Tensor, ...] | None = None
         self.failed = torch.zeros(batch, 0, dim, **self.opts)
-        self._memo: tuple[tuple, tuple[torch.Tensor, ...]] | None = None
 
     @property
     def X(self) -> torch.Tensor:
@@ -347,32 +327,6 @@ class GPScreen:
             0.5 * (noise * W.diagonal(dim1=-2, dim2=-1).sum(-1)).unsqueeze(-1)], dim=1)
         return g, inv_ls2, L, a
 
-    def mean_gradient(self, P: torch.Tensor) -> torch.Tensor:
-        """Gradient (B, m, d) of the posterior mean of the standardized values at points
-        ``P`` (B, m, d), under the last fit (pending and failed points left out). With
-        ``s`` the Matern slope factor of ``_matern``, dk(x, x_i)/dx_j = -s (x_j - x_ij) /
-        l_j^2."""
-        _, inv_ls2, _, alpha, _ = self._fit
-        _, s = _matern(_distance(self.X, P, inv_ls2), slope=True)
-        w = alpha.unsqueeze(-1) * s  # (B, n, m)
-        return (w.transpose(1, 2) @ self.X - w.sum(1).unsqueeze(-1) * P) * inv_ls2.unsqueeze(1)
-
-    def descent(self, P: torch.Tensor) -> torch.Tensor:
-        """Steps down the posterior mean from each of the points ``P`` (B, m, d): along the
-        steepest descent of the mean in lengthscale units, ``DESCENT_STEPS`` lengthscales
-        long, clipped to the cube; (B, m * len(DESCENT_STEPS), d), each point's steps
-        together. A point where the mean is flat stays where it is. No gradient flows
-        through them (like the uniform candidates)."""
-        P = P.detach().to(**self.opts)  # the steps are not differentiable draws
-        inv_ls2 = self._fit[1].unsqueeze(1)  # (B, 1, d)
-        g = self.mean_gradient(P)
-        # In units of the lengthscales (u_j = x_j / l_j) the gradient is g_j l_j, so a step
-        # of t there moves x_j by -t g_j l_j^2 / |g l|.
-        unit = (g / inv_ls2) / (g.square() / inv_ls2).sum(-1, keepdim=True).sqrt().clamp_min(1e-300)
-        steps = torch.tensor(DESCENT_STEPS, **self.opts)
-        D = P.unsqueeze(2) - steps[:, None] * unit.unsqueeze(2)  # (B, m, steps, d)
-        return D.clamp(0.0, 1.0).reshape(self.batch, -1, self.dim)
-
     def _factor(self, theta: torch.Tensor, inv_ls2: torch.Tensor, X: torch.Tensor,
                 Ys: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cholesky factor and ``K^-1 y`` at hyperparameters ``theta`` (whose inverse
@@ -408,27 +362,6 @@ class GPScreen:
         noise = torch.cat([noise, own * std.square()], 1)
         return (X, Ys, noise, *self._factor(theta, inv_ls2, X, Ys, noise))
 
-    def _conditioned(self, pending: torch.Tensor | None
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The points, Cholesky factor and ``K^-1 y`` that score candidates: the last fit,
-        with the failed points as pessimistic believers and ``pending`` as believers.
-        Kept for the next call with the same ``pending`` tensor (a proposal scores its
-        candidates in two rounds, ``BBOPolicy.propose_screened``)."""
-        key = (self._fit, self.failed, pending)  # _fit changes with every observation
-        if self._memo is not None and all(a is b for a, b in zip(self._memo[0], key, strict=True)):
-            return self._memo[1]
-        _, _, L, alpha, Ys = self._fit
-        X = self.X
-        noise = torch.zeros_like(Ys)  # each observation's own noise, on top of the GP's
-        if self.failed.shape[1]:
-            X, Ys, noise, L, alpha = self._believe(X, Ys, noise, L, alpha, self.failed,
-                                                   FAIL_KAPPA, FAIL_NOISE, FAIL_STD_FLOOR)
-        if pending is not None and pending.shape[1]:
-            X, Ys, noise, L, alpha = self._believe(X, Ys, noise, L, alpha,
-                                                   pending.detach().to(**self.opts), 0.0, 0.0)
-        self._memo = (key, (X, L, alpha))
-        return X, L, alpha
-
     def score(self, C: torch.Tensor, pending: torch.Tensor | None = None) -> torch.Tensor:
         """The screen's score (B, K) of candidates ``C`` (B, K, d), higher is better, with
         ``pending`` (B, p, d) points as believers, and the failed points (``set_failed``)
@@ -444,9 +377,16 @@ class GPScreen:
                              f"({self.batch}, K, {self.dim})")
         if self.n < 2 or self._fit is None:
             raise ValueError("the screen needs at least two observations")
-        inv_ls2, Ys = self._fit[1], self._fit[4]
-        best = Ys.min(1).values.unsqueeze(1) - exploration_margin(self.n, self.budget)
-        X, L, alpha = self._conditioned(pending)
+        _, inv_ls2, L, alpha, Ys = self._fit
+        margin = exploration_margin(self.n, self.budget)
+        X, best = self.X, Ys.min(1).values.unsqueeze(1) - margin
+        noise = torch.zeros_like(Ys)  # each observation's own noise, on top of the GP's
+        if self.failed.shape[1]:
+            X, Ys, noise, L, alpha = self._believe(X, Ys, noise, L, alpha, self.failed,
+                                                   FAIL_KAPPA, FAIL_NOISE, FAIL_STD_FLOOR)
+        if pending is not None and pending.shape[1]:
+            X, Ys, noise, L, alpha = self._believe(X, Ys, noise, L, alpha,
+                                                   pending.detach().to(**self.opts), 0.0, 0.0)
         C = C.detach().to(**self.opts)
         r = _distance(X, C, inv_ls2)  # (B, n, K)
         mean, std = self._posterior(L, alpha, r)

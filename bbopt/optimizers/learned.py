@@ -29,11 +29,7 @@ order), it replays the history from the start.
   ``screen`` draws from the policy, eight times as many uniform points (from d = 4 on,
   half of them the incumbent with only 1 to 4 of its coordinates redrawn) and 24
   perturbations of the incumbent at scales 1e-1 .. 1e-6, clipped to the cube (so optima
-  on its faces are reached exactly), and from d = 3 on, in a second round, steps of 0.03
-  to 3 lengthscales down the GP's posterior mean from the incumbent and from the three
-  best-scored candidates (``bbopt.nets.screen.DESCENT_STEPS``), which take a pick close
-  to the peak of EI near a promising point, or along a trend across the cube, where
-  random candidates rarely lie; ``screen=0`` takes the policy's own draw.
+  on its faces are reached exactly); ``screen=0`` takes the policy's own draw.
   The GP's hyperparameters move by one marginal-likelihood step per new observation,
   like the policy's recurrent state. With a budget, the last 20 trials before it (a
   fifth of the horizon, or of a shorter budget) refine: the screen picks by the GP's
